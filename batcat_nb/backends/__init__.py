@@ -1,0 +1,65 @@
+"""Backends by name: built-ins first (imported only when chosen), then the entry-point group.
+
+backends.get("local")        -> LocalBackend instance
+BackendRegistry().register("mine", "pkg.module:Class")   (tests build their own registry)
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+from ..errors import BackendError, did_you_mean
+
+if TYPE_CHECKING:
+    from .base import Backend
+
+log = logging.getLogger("batcat_nb")
+
+ENTRY_POINT_GROUP = "batcat_nb.backends"
+
+BUILTIN = {
+    "local": "batcat_nb.backends.local:LocalBackend",
+}
+
+
+class BackendRegistry:
+    """Names to ``module:Class`` targets, loaded on first use."""
+
+    def __init__(self, builtin: dict[str, str] | None = None) -> None:
+        self._targets = dict(BUILTIN if builtin is None else builtin)
+
+    def register(self, name: str, target: str) -> None:
+        self._targets[name] = target
+
+    def names(self) -> list[str]:
+        names = set(self._targets)
+        names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+        return sorted(names)
+
+    def get(self, name: str) -> Backend:
+        target = self._targets.get(name)
+        if target is None:
+            for ep in entry_points(group=ENTRY_POINT_GROUP):
+                if ep.name == name:
+                    target = ep.value
+                    break
+        if target is None:
+            raise BackendError(
+                f"unknown backend '{name}'{did_you_mean(name, self.names())}; "
+                f"available: {', '.join(self.names())}"
+            )
+        module_name, _, class_name = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise BackendError(
+                f"backend '{name}' cannot load ({exc}); install its extra: pip install 'batcat_nb[{name}]'"
+            ) from None
+        backend: Backend = getattr(module, class_name)()
+        return backend
+
+
+registry = BackendRegistry()

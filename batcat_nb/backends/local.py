@@ -1,0 +1,186 @@
+"""The local backend: the worker in a subprocess, over a local directory laid out like ``/opt/ml``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import IO
+
+from ..errors import KernelNotFound
+from ..layout import CODE_CHANNEL, ML_ROOT_ENV, NOTEBOOK_CHANNEL, JobLayout
+from ..manifest import RUNNING, Manifest
+from ..spec import JobSpec
+from ..storage import download, is_s3, upload
+from ..tracking import run_env
+from ..worker import TRACKING_FROM_STDIN_ENV
+from .base import JobHandle
+
+STOP_GRACE_SECONDS = 10.0
+LOG_NAME = "batcat-job.log"
+
+
+class LocalBackend:
+    """Runs the worker as a subprocess on this machine, in a fresh kernel."""
+
+    name = "local"
+
+    def validate(self, spec: JobSpec) -> None:
+        if spec.kernel not in installed_kernels():
+            raise KernelNotFound(
+                f"kernel '{spec.kernel}' is not installed (installed: "
+                f"{', '.join(sorted(installed_kernels()))}); install it (for a Python "
+                f"environment: python -m ipykernel install --user --name {spec.kernel}) "
+                "or pass --kernel NAME"
+            )
+
+    def submit(self, spec: JobSpec) -> LocalHandle:
+        return LocalHandle(spec)
+
+
+def installed_kernels() -> set[str]:
+    """Kernel names Jupyter can start here, without importing jupyter_client."""
+    from jupyter_core.paths import jupyter_path
+
+    names = {"python3"}  # ipykernel's own kernel is always available beside batcat
+    for directory in jupyter_path("kernels"):
+        if os.path.isdir(directory):
+            names.update(
+                entry
+                for entry in os.listdir(directory)
+                if os.path.isfile(os.path.join(directory, entry, "kernel.json"))
+            )
+    return names
+
+
+class LocalHandle(JobHandle):
+    """A worker subprocess; its output streams to a log file and, if asked, the terminal."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        super().__init__(spec)
+        self.output_dir = Path(spec.output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix=f"batcat-{spec.job_name}-"))
+        self.layout = JobLayout(self.root)
+        self._message = ""
+        self._lay_out()
+        self._log_path = self.output_dir / LOG_NAME
+        env = {**os.environ, ML_ROOT_ENV: str(self.root), TRACKING_FROM_STDIN_ENV: "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "batcat_nb.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches us, not the worker: we stop it cleanly
+        )
+        echo = sys.stderr if spec.progress or spec.log_output else None
+        self._pump = threading.Thread(
+            target=_pump, args=(self.process.stdout, self._log_path, echo), daemon=True
+        )
+        self._pump.start()
+
+    def _lay_out(self) -> None:
+        spec, layout = self.spec, self.layout
+        _link(layout.input(CODE_CHANNEL), Path(spec.notebook).parent)
+        layout.job_file.parent.mkdir(parents=True)
+        layout.job_file.write_text(json.dumps(spec.worker_job(), indent=2))
+        _link(layout.output(NOTEBOOK_CHANNEL), self.output_dir)
+        for name, source in spec.inputs.items():
+            if is_s3(source):
+                layout.input(name).mkdir(parents=True)
+                download(source, layout.input(name))
+            else:
+                _link(layout.input(name), Path(source).resolve())
+        for name, destination in spec.outputs.items():
+            if is_s3(destination):
+                layout.output(name).mkdir(parents=True)
+            else:
+                Path(destination).mkdir(parents=True, exist_ok=True)
+                _link(layout.output(name), Path(destination).resolve())
+
+    def _on_attach(self) -> None:
+        assert self.tracker is not None and self.spec.run_id and self.spec.experiment_id
+        env = run_env(self.tracker.uri, self.spec.run_id, self.spec.experiment_id)
+        self._send_tracking(json.dumps(env) + "\n")
+
+    def _send_tracking(self, line: str) -> None:
+        stdin = self.process.stdin
+        if stdin is None or stdin.closed:
+            return
+        try:
+            stdin.write(line.encode())
+            stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # the worker has already ended; its manifest says why
+
+    def status(self) -> str:
+        if self.process.poll() is None:
+            return RUNNING
+        try:
+            return Manifest.read(self.output_dir).status
+        except (OSError, ValueError):
+            return self.wait().status
+
+    def _wait_for_exit(self, timeout: float | None) -> bool:
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        self._pump.join()
+        return True
+
+    def _fetch_outputs(self) -> Path:
+        for name, destination in self.spec.outputs.items():
+            if is_s3(destination):
+                upload(self.layout.output(name), destination)
+        message = self.layout.message_file
+        self._message = message.read_text() if message.exists() else ""
+        shutil.rmtree(self.root, ignore_errors=True)
+        return self.output_dir
+
+    def logs(self) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _stop(self) -> None:
+        self._send_tracking("\n")  # a worker still waiting for its run goes on without one
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        threading.Thread(target=self._kill_after_grace, daemon=True).start()
+
+    def _kill_after_grace(self) -> None:
+        try:
+            self.process.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def _exit_reason(self) -> str:
+        return self._message
+
+
+def _link(path: Path, target: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target, target_is_directory=target.is_dir())
+
+
+def _pump(stream: IO[bytes] | None, log_path: Path, echo: IO[str] | None) -> None:
+    """Copy the worker's output to its log file and, when asked, to the terminal."""
+    if stream is None:
+        return
+    with log_path.open("ab") as log_file:
+        for chunk in iter(lambda: stream.read1(4096), b""):  # type: ignore[attr-defined]
+            log_file.write(chunk)
+            log_file.flush()
+            if echo is not None:
+                echo.write(chunk.decode(errors="replace"))
+                echo.flush()

@@ -1,0 +1,57 @@
+"""`batcat run` (with tracking) against the papermill CLI (without), on a trivial notebook.
+
+Runs alternating pairs in the same session (this machine is noisy) and prints the median of
+each and their ratio. Target (issue 2): batcat at most 0.75x papermill.
+
+    .venv/bin/python bench/single_run.py [--pairs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "hello.ipynb"
+BIN = Path(sys.executable).parent
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ.update(
+            MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
+            MLFLOW_DISABLE_TELEMETRY="true",
+            DO_NOT_TRACK="true",
+        )
+        batcat = [str(BIN / "batcat"), "run", str(NOTEBOOK), "-p", "alpha", "0.2", "--no-progress"]
+        papermill = [str(BIN / "papermill"), str(NOTEBOOK), "out.ipynb", "-p", "alpha", "0.2"]
+        first = timed(batcat, work)  # a new store builds its schema once
+        batcat_times, papermill_times = [], []
+        for _ in range(args.pairs):
+            papermill_times.append(timed(papermill, work))
+            batcat_times.append(timed(batcat, work))
+    b, p = statistics.median(batcat_times), statistics.median(papermill_times)
+    print(f"first batcat run on a new store: {first:.2f}s")
+    print(f"papermill CLI (no tracking), median of {args.pairs}: {p:.2f}s")
+    print(f"batcat run (tracking),       median of {args.pairs}: {b:.2f}s")
+    print(f"ratio batcat/papermill: {b / p:.2f} (target <= 0.75)")
+
+
+if __name__ == "__main__":
+    main()
