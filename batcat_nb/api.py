@@ -18,7 +18,7 @@ from .parameters import effective_parameters, given_only, recorded
 from .result import INTERRUPTED, RunResult
 from .spec import JobSpec, RunRequest, job_name
 from .storage import check_input, is_s3
-from .tracking import Tracker, default_tracking_uri, run_tags
+from .tracking import TAG_OUTPUT, Tracker, default_tracking_uri, run_tags
 
 log = logging.getLogger("batcat_nb")
 
@@ -87,23 +87,25 @@ def submit(request: RunRequest) -> JobHandle:
             experiment=spec.experiment,
             run_name=spec.job_name,
             params=spec.recorded_parameters,
-            tags={
-                **run_tags(
-                    notebook_path=Path(spec.notebook),
-                    notebook_sha256=spec.notebook_sha256,
-                    backend=spec.backend,
-                    kernel=spec.kernel,
-                    job_name=spec.job_name,
-                ),
-                "batcat.output": spec.output_dir,
-                **spec.tags,
-            },
+            tags=tags_for(spec),
         )
     except (TrackingError, KeyboardInterrupt):
         handle.cancel()
         raise
     handle.attach(tracker, run_id, experiment_id)
     return handle
+
+
+def tags_for(spec: JobSpec) -> dict[str, str]:
+    """The tags of a job's MLflow run: provenance, where its output goes, the user's own."""
+    provenance = run_tags(
+        notebook_path=Path(spec.notebook),
+        notebook_sha256=spec.notebook_sha256,
+        backend=spec.backend,
+        kernel=spec.kernel,
+        job_name=spec.job_name,
+    )
+    return {**provenance, TAG_OUTPUT: spec.output_dir, **spec.tags}
 
 
 def run(request: RunRequest) -> RunResult:

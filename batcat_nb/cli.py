@@ -115,6 +115,37 @@ def run_options(command: Any) -> Any:
             help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db).",
         ),
         click.option("--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Tag for the run."),
+        click.option(
+            "--grid",
+            "grid",
+            multiple=True,
+            metavar="NAME=V1,V2,...",
+            help="Sweep: run every combination of these values (repeatable).",
+        ),
+        click.option(
+            "--sweep",
+            "sweep_file",
+            default=None,
+            metavar="FILE",
+            help="Sweep: YAML with 'grid: {name: [values]}' and/or 'runs: [{...}]'.",
+        ),
+        click.option(
+            "--objective",
+            default=None,
+            metavar="METRIC",
+            help="Sweep: rank runs by this metric; the parent run records the best.",
+        ),
+        click.option("--maximize/--minimize", default=False, help="Sweep: direction of --objective."),
+        click.option(
+            "--max-parallel",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Sweep: runs at once (default: the number of cores).",
+        ),
+        click.option("--fail-fast", is_flag=True, help="Sweep: stop at the first failed run."),
+        click.option(
+            "--rerun", is_flag=True, help="Sweep: run every combination, even those that finished before."
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -163,16 +194,42 @@ def cli(verbose: bool) -> None:
     logging.getLogger("mlflow").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+def sweep_from_options(options: dict[str, Any]) -> Any:
+    """The sweep the ``run`` options ask for, or None for a single run."""
+    from .sweep import SweepRequest, grid_combinations, load_sweep_file, parse_grid
+
+    if not options["grid"] and not options["sweep_file"]:
+        return None
+    combinations = grid_combinations(parse_grid(list(options["grid"]))) if options["grid"] else []
+    if options["sweep_file"]:
+        combinations += load_sweep_file(options["sweep_file"])
+    return SweepRequest(
+        base=request_from_options(options),
+        combinations=combinations,
+        objective=options["objective"],
+        maximize=options["maximize"],
+        max_parallel=options["max_parallel"],
+        fail_fast=options["fail_fast"],
+        rerun=options["rerun"],
+    )
+
+
 @cli.command()
 @run_options
 def run(**options: Any) -> None:
-    """Execute NOTEBOOK in a fresh kernel and record it as an MLflow run."""
+    """Execute NOTEBOOK in a fresh kernel and record it as an MLflow run (or a sweep of runs)."""
     from . import api
 
-    result = api.run(request_from_options(options))
-    click.echo(str(result))
-    if not result.ok:
-        sys.exit(EXIT_INTERRUPTED if result.interrupted else EXIT_FAILED)
+    sweep = sweep_from_options(options)
+    if sweep is not None:
+        from .sweep import run_sweep
+
+        outcome: Any = run_sweep(sweep)
+    else:
+        outcome = api.run(request_from_options(options))
+    click.echo(str(outcome))
+    if not outcome.ok:
+        sys.exit(EXIT_INTERRUPTED if outcome.interrupted else EXIT_FAILED)
 
 
 @cli.command()

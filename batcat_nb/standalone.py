@@ -23,7 +23,7 @@ from .parameters import recorded, with_defaults
 from .record import RECORDS_ENV
 from .spec import job_name
 from .tracking import Tracker, default_tracking_uri, run_env, run_tags
-from .worker import collect_records, env_preamble, render_html
+from .worker import collect_records, job_preamble, render_html
 
 
 @contextmanager
@@ -52,7 +52,7 @@ def tracked_papermill_run(nb_man: Any, kernel_name: str, kwargs: dict[str, Any])
     manifest.started_at = time.time()
     env = {**run_env(tracker.uri, run_id, experiment_id), RECORDS_ENV: str(workdir / RECORDS_NAME)}
     try:
-        yield env_preamble(env)
+        yield job_preamble(None, env)
         manifest.error = first_error(nb_man.nb)
         manifest.status = FAILED if manifest.error else FINISHED
     except BaseException as exc:

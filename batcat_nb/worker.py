@@ -5,10 +5,16 @@ a SageMaker Processing job. It reads ``input/batcat/job.json``, runs the noteboo
 ``input/code`` with papermill, and leaves the executed notebook, its HTML and the manifest in
 ``output/notebook``. Exit code 0 means the notebook finished; the reason for anything else is
 in ``/opt/ml/output/message``.
+
+``--serve`` runs many jobs, one after another, each in a fresh kernel started while the
+previous job executes: one JSON line per job on stdin (``{"root": ..., "env": {...}}``), one
+line back on stdout when it is done. Parameter sweeps use it.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import logging
 import os
@@ -18,10 +24,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from .layout import JobLayout
+from .layout import CODE_CHANNEL, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
 from .record import RECORDS_ENV
 
@@ -32,13 +39,6 @@ IN_JOB_ENV = "BATCAT_IN_JOB"  # set in the kernel: this notebook runs as a batch
 _MESSAGE_LIMIT = 1024
 
 
-def env_preamble(env: dict[str, str]) -> str:
-    """Kernel code that sets ``env`` in the kernel's environment before the first cell."""
-    if not env:
-        return ""
-    return f"import os as _os; _os.environ.update({json.dumps(env)}); del _os"
-
-
 class JobStopped(BaseException):
     """SIGTERM or the job's own time limit; a BaseException so no library swallows it."""
 
@@ -47,16 +47,72 @@ class JobStopped(BaseException):
         self.reason = reason
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m batcat_nb.worker", description=__doc__)
+    parser.add_argument("--serve", action="store_true", help="run jobs read from stdin")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     log.setLevel(logging.INFO)
+    if args.serve:
+        return serve()
     layout = JobLayout.current()
     try:
         job = json.loads(layout.job_file.read_text())
     except (OSError, ValueError) as exc:
         _write_message(layout, f"cannot read the job description {layout.job_file}: {exc}")
         return 2
-    return Worker(layout, job).run()
+    kernels = KernelSupply()
+    kernels.prepare(job["kernel"])  # boots while papermill imports
+    return Worker(layout, job).run(kernels, _late_tracking_env)
+
+
+def serve() -> int:
+    """Run jobs from stdin until it closes; answer each on stdout."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not break the protocol
+    kernels = KernelSupply(keep_spare=True)
+    try:
+        for line in sys.stdin:
+            request = json.loads(line)
+            layout = JobLayout(Path(request["root"]))
+            job = json.loads(layout.job_file.read_text())
+            code = Worker(layout, job).run(kernels, functools.partial(dict, request.get("env", {})))
+            _reply(replies, {"root": request["root"], "exit": code})
+    finally:
+        kernels.close()
+    return 0
+
+
+def _reply(stream: TextIO, message: dict[str, Any]) -> None:
+    stream.write(json.dumps(message) + "\n")
+    stream.flush()
+
+
+class KernelSupply:
+    """Kernels started ahead of need, each used by exactly one job."""
+
+    def __init__(self, keep_spare: bool = False) -> None:
+        self.keep_spare = keep_spare
+        self._spare: Any = None
+
+    def prepare(self, name: str) -> None:
+        if self._spare is None:
+            self._spare = _start_kernel(name)
+
+    def take(self, name: str) -> Any:
+        km, self._spare = self._spare, None
+        if km is None or km.kernel_name != name:
+            if km is not None:
+                _shutdown_kernel(km)
+            km = _start_kernel(name)
+        if self.keep_spare:
+            self._spare = _start_kernel(name)  # boots while this job runs
+        return km
+
+    def close(self) -> None:
+        if self._spare is not None:
+            _shutdown_kernel(self._spare)
+            self._spare = None
 
 
 class Worker:
@@ -65,7 +121,7 @@ class Worker:
     def __init__(self, layout: JobLayout, job: dict[str, Any]) -> None:
         self.layout = layout
         self.job = job
-        self.code_dir = layout.input("code")
+        self.code_dir = layout.input(CODE_CHANNEL)
         self.output_dir = layout.output(job["output_channel"])
         stem = Path(job["notebook"]).stem
         self.manifest = Manifest(
@@ -75,13 +131,14 @@ class Worker:
             kernel=job["kernel"],
         )
 
-    def run(self) -> int:
+    def run(self, kernels: KernelSupply, tracking_env: Callable[[], dict[str, str]]) -> int:
+        """Execute the job; ``tracking_env()`` gives the MLflow run's variables when known."""
         manifest = self.manifest
         manifest.started_at = time.time()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._install_signal_handlers()
+        previous = self._install_signal_handlers()
         try:
-            self._execute()
+            self._execute(kernels, tracking_env)
             manifest.status = FINISHED
         except JobStopped as stop:
             manifest.status, manifest.reason = KILLED, stop.reason
@@ -89,6 +146,8 @@ class Worker:
             manifest.status, manifest.error, manifest.reason = _describe(exc, self.job)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             manifest.ended_at = time.time()
             collect_records(manifest, self.output_dir)
             manifest.html = render_html(self.output_dir / manifest.notebook)
@@ -98,35 +157,34 @@ class Worker:
         log.info("%s %s in %.1fs", manifest.job_name, manifest.status, manifest.duration)
         return 0 if manifest.status == FINISHED else 1
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict[int, Any]:
         def stop(signum: int, _frame: Any) -> None:
             raise JobStopped(f"stopped by {signal.Signals(signum).name}")
 
         def expire(_signum: int, _frame: Any) -> None:
             raise JobStopped(f"timed out after {self.job['timeout']:g}s (--timeout)")
 
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        previous: dict[int, Any] = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         if self.job.get("timeout"):
-            signal.signal(signal.SIGALRM, expire)
+            previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, expire)
             signal.setitimer(signal.ITIMER_REAL, float(self.job["timeout"]))
+        return previous
 
-    def _execute(self) -> None:
-        kernel_env = {
-            **os.environ,
-            RECORDS_ENV: str(self.output_dir / RECORDS_NAME),
-            IN_JOB_ENV: self.job["job_name"],
-        }
-        kernel_env.pop(TRACKING_FROM_STDIN_ENV, None)
-        # Start the kernel first: it boots while papermill imports.
-        km = _start_kernel(self.job["kernel"], self.code_dir, kernel_env)
+    def _execute(self, kernels: KernelSupply, tracking_env: Callable[[], dict[str, str]]) -> None:
+        km = kernels.take(self.job["kernel"])
         try:
             import papermill
 
-            threading.Thread(target=_import_nbconvert, daemon=True).start()  # while we wait
+            threading.Thread(target=_html_exporter, daemon=True).start()  # built while we wait
             parameters = dict(self.job["parameters"])
             for name, channel_path in self.job["channel_parameters"].items():
                 parameters[name] = str(self.layout.resolve(channel_path))
+            job_env = {
+                RECORDS_ENV: str(self.output_dir / RECORDS_NAME),
+                IN_JOB_ENV: self.job["job_name"],
+                **tracking_env(),
+            }
+            log_output = bool(self.job.get("log_output"))
             papermill.execute_notebook(
                 str(self.code_dir / self.job["notebook"]),
                 str(self.output_dir / self.manifest.notebook),
@@ -134,16 +192,30 @@ class Worker:
                 engine_name="batcat",
                 kernel_name=self.job["kernel"],
                 progress_bar=self.job.get("progress", True),
-                log_output=self.job.get("log_output", False),
-                stdout_file=sys.stdout if self.job.get("log_output") else None,
-                stderr_file=sys.stderr if self.job.get("log_output") else None,
+                log_output=log_output,
+                stdout_file=sys.stdout if log_output else None,
+                stderr_file=sys.stderr if log_output else None,
                 execution_timeout=self.job.get("execution_timeout"),
                 cwd=str(self.code_dir),
                 km=km,
-                batcat_preamble=env_preamble(_late_tracking_env()),
+                batcat_preamble=job_preamble(self.code_dir, job_env),
             )
         finally:
             _shutdown_kernel(km)
+
+
+def job_preamble(cwd: Path | None, env: dict[str, str]) -> str:
+    """Kernel code run before the first cell: the job's directory and environment.
+
+    Kernels start before their job is known (while papermill imports, or while the previous
+    job runs), so what is particular to the job reaches the kernel here.
+    """
+    lines = ["import os as _os"]
+    if cwd is not None:
+        lines.append(f"_os.chdir({str(cwd)!r})")
+    if env:
+        lines.append(f"_os.environ.update({json.dumps(env)})")
+    return "; ".join([*lines, "del _os"])
 
 
 def collect_records(manifest: Manifest, output_dir: Path) -> None:
@@ -164,9 +236,7 @@ def render_html(executed: Path) -> str | None:
     if not executed.exists():
         return None
     try:
-        from nbconvert import HTMLExporter
-
-        body, _ = HTMLExporter().from_filename(str(executed))
+        body, _ = _html_exporter().from_filename(str(executed))
     except Exception as exc:
         log.warning("could not render %s as HTML: %s", executed.name, exc)
         return None
@@ -175,14 +245,23 @@ def render_html(executed: Path) -> str | None:
     return html.name
 
 
-def _start_kernel(name: str, cwd: Path, env: dict[str, str]) -> Any:
-    """Start the kernel over IPC sockets in a private directory (no open TCP ports)."""
+@functools.cache
+def _html_exporter() -> Any:
+    """One exporter per process: building its templates costs far more than rendering."""
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter()
+
+
+def _start_kernel(name: str) -> Any:
+    """Start a kernel over IPC sockets in a private directory (no open TCP ports)."""
     from jupyter_client.manager import AsyncKernelManager
     from jupyter_core.utils import run_sync
 
     sockets = tempfile.mkdtemp(prefix="batcat-kernel-")
+    env = {k: v for k, v in os.environ.items() if k != TRACKING_FROM_STDIN_ENV}
     km = AsyncKernelManager(kernel_name=name, transport="ipc", ip=os.path.join(sockets, "kernel"))
-    run_sync(km.start_kernel)(cwd=str(cwd), env=env)
+    run_sync(km.start_kernel)(env=env, cwd=sockets)
     return km
 
 
@@ -196,10 +275,6 @@ def _shutdown_kernel(km: Any) -> None:
         log.warning("kernel shutdown: %s", exc)
     finally:
         shutil.rmtree(os.path.dirname(km.ip), ignore_errors=True)
-
-
-def _import_nbconvert() -> None:
-    import nbconvert  # noqa: F401
 
 
 def _late_tracking_env() -> dict[str, str]:

@@ -10,6 +10,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -21,6 +25,7 @@ from ..storage import download, is_s3, upload
 from ..tracking import run_env
 from ..worker import TRACKING_FROM_STDIN_ENV
 from .base import JobHandle
+from .pool import WorkerPool
 
 STOP_GRACE_SECONDS = 10.0
 LOG_NAME = "batcat-job.log"
@@ -30,6 +35,9 @@ class LocalBackend:
     """Runs the worker as a subprocess on this machine, in a fresh kernel."""
 
     name = "local"
+
+    def __init__(self) -> None:
+        self._pool: WorkerPool | None = None
 
     def validate(self, spec: JobSpec) -> None:
         if spec.kernel not in installed_kernels():
@@ -41,7 +49,17 @@ class LocalBackend:
             )
 
     def submit(self, spec: JobSpec) -> LocalHandle:
-        return LocalHandle(spec)
+        return LocalHandle(spec, self._pool)
+
+    @contextmanager
+    def pool(self, size: int, log_path: Path) -> Iterator[None]:
+        """Within this block, jobs go to ``size`` warm workers instead of one process each."""
+        self._pool = WorkerPool(size, log_path)
+        try:
+            yield
+        finally:
+            pool, self._pool = self._pool, None
+            pool.close()
 
 
 def installed_kernels() -> set[str]:
@@ -60,9 +78,9 @@ def installed_kernels() -> set[str]:
 
 
 class LocalHandle(JobHandle):
-    """A worker subprocess; its output streams to a log file and, if asked, the terminal."""
+    """A job in a local directory laid out like ``/opt/ml``, run by its own worker or a pool's."""
 
-    def __init__(self, spec: JobSpec) -> None:
+    def __init__(self, spec: JobSpec, pool: WorkerPool | None = None) -> None:
         super().__init__(spec)
         self.output_dir = Path(spec.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -71,20 +89,9 @@ class LocalHandle(JobHandle):
         self._message = ""
         self._lay_out()
         self._log_path = self.output_dir / LOG_NAME
-        env = {**os.environ, ML_ROOT_ENV: str(self.root), TRACKING_FROM_STDIN_ENV: "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "batcat_nb.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches us, not the worker: we stop it cleanly
+        self._run: _OwnWorker | _PooledWorker = (
+            _PooledWorker(pool, self.root) if pool else _OwnWorker(self.root, self._log_path, spec)
         )
-        echo = sys.stderr if spec.progress or spec.log_output else None
-        self._pump = threading.Thread(
-            target=_pump, args=(self.process.stdout, self._log_path, echo), daemon=True
-        )
-        self._pump.start()
 
     def _lay_out(self) -> None:
         spec, layout = self.spec, self.layout
@@ -107,21 +114,10 @@ class LocalHandle(JobHandle):
 
     def _on_attach(self) -> None:
         assert self.tracker is not None and self.spec.run_id and self.spec.experiment_id
-        env = run_env(self.tracker.uri, self.spec.run_id, self.spec.experiment_id)
-        self._send_tracking(json.dumps(env) + "\n")
-
-    def _send_tracking(self, line: str) -> None:
-        stdin = self.process.stdin
-        if stdin is None or stdin.closed:
-            return
-        try:
-            stdin.write(line.encode())
-            stdin.close()
-        except (BrokenPipeError, OSError):
-            pass  # the worker has already ended; its manifest says why
+        self._run.start(run_env(self.tracker.uri, self.spec.run_id, self.spec.experiment_id))
 
     def status(self) -> str:
-        if self.process.poll() is None:
+        if self._run.running():
             return RUNNING
         try:
             return Manifest.read(self.output_dir).status
@@ -129,12 +125,7 @@ class LocalHandle(JobHandle):
             return self.wait().status
 
     def _wait_for_exit(self, timeout: float | None) -> bool:
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return False
-        self._pump.join()
-        return True
+        return self._run.wait(timeout)
 
     def _fetch_outputs(self) -> Path:
         for name, destination in self.spec.outputs.items():
@@ -152,7 +143,55 @@ class LocalHandle(JobHandle):
             return ""
 
     def _stop(self) -> None:
-        self._send_tracking("\n")  # a worker still waiting for its run goes on without one
+        self._run.stop()
+
+    def _exit_reason(self) -> str:
+        return self._message
+
+
+class _OwnWorker:
+    """One worker process for one job, started at once; the run's ids follow on its stdin."""
+
+    def __init__(self, root: Path, log_path: Path, spec: JobSpec) -> None:
+        env = {**os.environ, ML_ROOT_ENV: str(root), TRACKING_FROM_STDIN_ENV: "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "batcat_nb.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches us, not the worker: we stop it cleanly
+        )
+        echo = sys.stderr if spec.progress or spec.log_output else None
+        self._pump = threading.Thread(target=_pump, args=(self.process.stdout, log_path, echo), daemon=True)
+        self._pump.start()
+
+    def start(self, env: dict[str, str]) -> None:
+        self._send(json.dumps(env) + "\n")
+
+    def _send(self, line: str) -> None:
+        stdin = self.process.stdin
+        if stdin is None or stdin.closed:
+            return
+        try:
+            stdin.write(line.encode())
+            stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # the worker has already ended; its manifest says why
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self, timeout: float | None) -> bool:
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        self._pump.join()
+        return True
+
+    def stop(self) -> None:
+        self._send("\n")  # a worker still waiting for its run goes on without one
         if self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
@@ -164,8 +203,32 @@ class LocalHandle(JobHandle):
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
 
-    def _exit_reason(self) -> str:
-        return self._message
+
+class _PooledWorker:
+    """The job waits for a warm worker of the pool; it is queued once its run exists."""
+
+    def __init__(self, pool: WorkerPool, root: Path) -> None:
+        self.pool, self.root = pool, root
+        self.future: Future[int] | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        self.future = self.pool.dispatch(self.root, env)
+
+    def running(self) -> bool:
+        return self.future is not None and not self.future.done()
+
+    def wait(self, timeout: float | None) -> bool:
+        if self.future is None or self.future.cancelled():
+            return True  # never ran: it ends without a manifest
+        try:
+            self.future.exception(timeout)
+        except FutureTimeout:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self.future is not None and not self.future.cancel():
+            self.pool.stop(self.root)
 
 
 def _link(path: Path, target: Path) -> None:
