@@ -256,11 +256,14 @@ def inspect(notebook: str) -> None:
 @click.option("--tracking-uri", default=None, help="Store to show (default: the project's).")
 def ui(port: int, tracking_uri: str | None) -> None:
     """Serve the MLflow UI for the project's tracking store on 127.0.0.1."""
+    import importlib.util
     import os
 
     from .tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
+    if importlib.util.find_spec("mlflow.server") is None or importlib.util.find_spec("flask") is None:
+        raise UsageError("the MLflow UI needs the full mlflow package: pip install 'batcat_nb[ui]'")
     click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execvp(
