@@ -80,7 +80,9 @@ def submit(request: RunRequest) -> JobHandle:
     backend.validate(spec)
     for name, source in spec.inputs.items():
         check_input(name, source)
-    tracker = Tracker(spec.tracking_uri)
+    tracker = (
+        backend.tracker(spec.tracking_uri) if hasattr(backend, "tracker") else Tracker(spec.tracking_uri)
+    )
     handle = backend.submit(spec)  # the job starts while MLflow loads
     try:
         run_id, experiment_id = tracker.start_run(

@@ -56,12 +56,19 @@ class Manifest:
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_NAME
-        path.write_text(json.dumps(asdict(self), indent=2, default=str))
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
         return path
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:
-        data = json.loads((directory / MANIFEST_NAME).read_text())
+        return cls.from_dict(json.loads((directory / MANIFEST_NAME).read_text()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
         error = data.pop("error", None)
         metrics = {k: [tuple(p) for p in v] for k, v in data.pop("metrics", {}).items()}
         return cls(**data, metrics=metrics, error=CellError(**error) if error else None)

@@ -7,13 +7,15 @@ a SageMaker Processing job. It reads ``input/batcat/job.json``, runs the noteboo
 in ``/opt/ml/output/message``.
 
 ``--serve`` runs many jobs, one after another, each in a fresh kernel started while the
-previous job executes: one JSON line per job on stdin (``{"root": ..., "env": {...}}``), one
-line back on stdout when it is done. Parameter sweeps use it.
+previous job executes: one JSON line per job on stdin (``{"root": ..., "env": {...},
+"replace_env": false}``), one line back on stdout when it is done; each job's output goes to
+``batcat-job.log`` beside its notebook. Sweeps and the batcat agent use it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -34,6 +36,7 @@ from .record import RECORDS_ENV
 
 log = logging.getLogger("batcat_nb.worker")
 
+JOB_LOG_NAME = "batcat-job.log"
 TRACKING_FROM_STDIN_ENV = "BATCAT_TRACKING_FROM_STDIN"  # the run id arrives on stdin
 IN_JOB_ENV = "BATCAT_IN_JOB"  # set in the kernel: this notebook runs as a batch job
 _MESSAGE_LIMIT = 1024
@@ -71,12 +74,21 @@ def serve() -> int:
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not break the protocol
     kernels = KernelSupply(keep_spare=True)
+    kernels.prepare("python3")  # the usual kernel, ready for the first job
     try:
         for line in sys.stdin:
             request = json.loads(line)
             layout = JobLayout(Path(request["root"]))
             job = json.loads(layout.job_file.read_text())
-            code = Worker(layout, job).run(kernels, functools.partial(dict, request.get("env", {})))
+            worker = Worker(layout, job)
+            env: Callable[[], dict[str, str]] = functools.partial(dict, request.get("env", {}))
+            worker.output_dir.mkdir(parents=True, exist_ok=True)
+            with (
+                open(worker.output_dir / JOB_LOG_NAME, "a", buffering=1) as job_log,
+                contextlib.redirect_stdout(job_log),
+                contextlib.redirect_stderr(job_log),
+            ):
+                code = worker.run(kernels, env, replace_env=bool(request.get("replace_env")))
             _reply(replies, {"root": request["root"], "exit": code})
     finally:
         kernels.close()
@@ -131,14 +143,21 @@ class Worker:
             kernel=job["kernel"],
         )
 
-    def run(self, kernels: KernelSupply, tracking_env: Callable[[], dict[str, str]]) -> int:
-        """Execute the job; ``tracking_env()`` gives the MLflow run's variables when known."""
+    def run(
+        self, kernels: KernelSupply, job_env: Callable[[], dict[str, str]], replace_env: bool = False
+    ) -> int:
+        """Execute the job in a kernel from ``kernels``.
+
+        ``job_env()`` gives the variables the kernel needs for this job (the MLflow run's, at
+        least), when they are known; with ``replace_env`` they replace the kernel's whole
+        environment (a kernel started for another caller).
+        """
         manifest = self.manifest
         manifest.started_at = time.time()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         previous = self._install_signal_handlers()
         try:
-            self._execute(kernels, tracking_env)
+            self._execute(kernels, job_env, replace_env)
             manifest.status = FINISHED
         except JobStopped as stop:
             manifest.status, manifest.reason = KILLED, stop.reason
@@ -170,7 +189,9 @@ class Worker:
             signal.setitimer(signal.ITIMER_REAL, float(self.job["timeout"]))
         return previous
 
-    def _execute(self, kernels: KernelSupply, tracking_env: Callable[[], dict[str, str]]) -> None:
+    def _execute(
+        self, kernels: KernelSupply, job_env: Callable[[], dict[str, str]], replace_env: bool
+    ) -> None:
         km = kernels.take(self.job["kernel"])
         try:
             import papermill
@@ -179,10 +200,10 @@ class Worker:
             parameters = dict(self.job["parameters"])
             for name, channel_path in self.job["channel_parameters"].items():
                 parameters[name] = str(self.layout.resolve(channel_path))
-            job_env = {
+            env = {
+                **job_env(),
                 RECORDS_ENV: str(self.output_dir / RECORDS_NAME),
                 IN_JOB_ENV: self.job["job_name"],
-                **tracking_env(),
             }
             log_output = bool(self.job.get("log_output"))
             papermill.execute_notebook(
@@ -198,19 +219,21 @@ class Worker:
                 execution_timeout=self.job.get("execution_timeout"),
                 cwd=str(self.code_dir),
                 km=km,
-                batcat_preamble=job_preamble(self.code_dir, job_env),
+                batcat_preamble=job_preamble(self.code_dir, env, replace=replace_env),
             )
         finally:
             _shutdown_kernel(km)
 
 
-def job_preamble(cwd: Path | None, env: dict[str, str]) -> str:
+def job_preamble(cwd: Path | None, env: dict[str, str], replace: bool = False) -> str:
     """Kernel code run before the first cell: the job's directory and environment.
 
     Kernels start before their job is known (while papermill imports, or while the previous
     job runs), so what is particular to the job reaches the kernel here.
     """
     lines = ["import os as _os"]
+    if replace:
+        lines.append("_os.environ.clear()")
     if cwd is not None:
         lines.append(f"_os.chdir({str(cwd)!r})")
     if env:

@@ -37,6 +37,15 @@ def require(available: bool, what: str) -> None:
     pytest.skip(f"{what} is not available here")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tests' own agent directory; every agent started by a test is stopped at the end."""
+    directory = tmp_path_factory.mktemp("agents")
+    os.environ["BATCAT_AGENT_DIR"] = str(directory)
+    yield directory
+    subprocess.run([BATCAT, "agent", "stop"], check=False, capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One SQLite store for the session: its schema is built once."""
@@ -48,7 +57,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_uri: str) 
     """A fresh working directory whose runs go to the session's store."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    for name in [n for n in os.environ if n.startswith("BATCAT_")]:
+    for name in [n for n in os.environ if n.startswith("BATCAT_") and n != "BATCAT_AGENT_DIR"]:
         monkeypatch.delenv(name)
     return tmp_path
 

@@ -17,18 +17,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from .. import agent
 from ..errors import KernelNotFound
 from ..layout import CODE_CHANNEL, ML_ROOT_ENV, NOTEBOOK_CHANNEL, JobLayout
 from ..manifest import RUNNING, Manifest
 from ..spec import JobSpec
 from ..storage import download, is_s3, upload
-from ..tracking import run_env
-from ..worker import TRACKING_FROM_STDIN_ENV
+from ..tracking import Tracker, run_env
+from ..worker import JOB_LOG_NAME, TRACKING_FROM_STDIN_ENV
 from .base import JobHandle
 from .pool import WorkerPool
 
 STOP_GRACE_SECONDS = 10.0
-LOG_NAME = "batcat-job.log"
 
 
 class LocalBackend:
@@ -50,6 +50,10 @@ class LocalBackend:
 
     def submit(self, spec: JobSpec) -> LocalHandle:
         return LocalHandle(spec, self._pool)
+
+    def tracker(self, uri: str) -> Tracker:
+        """Tracking through the warm agent when it runs our jobs too."""
+        return agent.AgentTracker(uri) if agent.enabled() else Tracker(uri)
 
     @contextmanager
     def pool(self, size: int, log_path: Path) -> Iterator[None]:
@@ -88,10 +92,20 @@ class LocalHandle(JobHandle):
         self.layout = JobLayout(self.root)
         self._message = ""
         self._lay_out()
-        self._log_path = self.output_dir / LOG_NAME
-        self._run: _OwnWorker | _PooledWorker = (
-            _PooledWorker(pool, self.root) if pool else _OwnWorker(self.root, self._log_path, spec)
-        )
+        self._log_path = self.output_dir / JOB_LOG_NAME
+        self._run: _OwnWorker | _PooledWorker | agent.AgentJob
+        self._follower: threading.Thread | None = None
+        if pool is not None:
+            self._run = _PooledWorker(pool, self.root)
+        elif agent.enabled():
+            self._run = agent.AgentJob(self.root)
+            if spec.progress or spec.log_output:
+                self._follower = threading.Thread(
+                    target=_follow, args=(self._log_path, self._run), daemon=True
+                )
+                self._follower.start()
+        else:
+            self._run = _OwnWorker(self.root, self._log_path, spec)
 
     def _lay_out(self) -> None:
         spec, layout = self.spec, self.layout
@@ -125,7 +139,11 @@ class LocalHandle(JobHandle):
             return self.wait().status
 
     def _wait_for_exit(self, timeout: float | None) -> bool:
-        return self._run.wait(timeout)
+        if not self._run.wait(timeout):
+            return False
+        if self._follower is not None:
+            self._follower.join()
+        return True
 
     def _fetch_outputs(self) -> Path:
         for name, destination in self.spec.outputs.items():
@@ -218,8 +236,8 @@ class _PooledWorker:
         return self.future is not None and not self.future.done()
 
     def wait(self, timeout: float | None) -> bool:
-        if self.future is None or self.future.cancelled():
-            return True  # never ran: it ends without a manifest
+        if self.future is None:
+            return True  # never queued: it ends without a manifest
         try:
             self.future.exception(timeout)
         except FutureTimeout:
@@ -227,8 +245,25 @@ class _PooledWorker:
         return True
 
     def stop(self) -> None:
-        if self.future is not None and not self.future.cancel():
+        if self.future is not None:
             self.pool.stop(self.root)
+
+
+def _follow(log_path: Path, job: agent.AgentJob) -> None:
+    """Echo a job's log file to the terminal while it grows (jobs the agent runs)."""
+    position = 0
+    while True:
+        finished = not job.running()
+        if log_path.exists():
+            with log_path.open("rb") as log_file:
+                log_file.seek(position)
+                chunk = log_file.read()
+            position += len(chunk)
+            sys.stderr.write(chunk.decode(errors="replace"))
+            sys.stderr.flush()
+        if finished:
+            return
+        job.wait(0.1)
 
 
 def _link(path: Path, target: Path) -> None:

@@ -15,7 +15,7 @@ import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ..layout import ML_ROOT_ENV
 
@@ -26,8 +26,9 @@ class WorkerPool:
     """``size`` serve-mode workers fed from one queue of jobs."""
 
     def __init__(self, size: int, log_path: Path) -> None:
-        self._jobs: queue.Queue[tuple[str, dict[str, str], Future[int]] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[str, dict[str, Any], Future[int]] | None] = queue.Queue()
         self._running: dict[str, subprocess.Popen[bytes]] = {}
+        self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._log = log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if k != ML_ROOT_ENV}
@@ -48,16 +49,24 @@ class WorkerPool:
         for feeder in self._feeders:
             feeder.start()
 
-    def dispatch(self, root: Path, env: dict[str, str]) -> Future[int]:
-        """Queue the job laid out at ``root``; the future resolves to the worker's exit code."""
+    def dispatch(self, root: Path, env: dict[str, str], replace_env: bool = False) -> Future[int]:
+        """Queue the job laid out at ``root``; the future resolves to the worker's exit code.
+
+        ``env`` reaches the job's kernel; with ``replace_env`` it is the kernel's whole environment.
+        """
         future: Future[int] = Future()
-        self._jobs.put((str(root), env, future))
+        self._jobs.put((str(root), {"env": env, "replace_env": replace_env}, future))
         return future
 
     def stop(self, root: Path) -> None:
-        """Stop one job: SIGTERM to the worker running it (it ends KILLED, the worker goes on)."""
+        """Stop one job: SIGTERM to the worker running it (it ends KILLED, the worker goes on).
+
+        A job still queued is dropped: its future resolves to -1 without running.
+        """
         with self._lock:
             process = self._running.get(str(root))
+            if process is None:
+                self._cancelled.add(str(root))
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
 
@@ -76,13 +85,15 @@ class WorkerPool:
     def _feed(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdin is not None and process.stdout is not None
         while (item := self._jobs.get()) is not _STOP:
-            root, env, future = item
-            if future.cancelled():
-                continue
+            root, options, future = item
             with self._lock:
+                if root in self._cancelled:
+                    self._cancelled.discard(root)
+                    future.set_result(-1)
+                    continue
                 self._running[root] = process
             try:
-                future.set_result(_ask(process.stdin, process.stdout, root, env))
+                future.set_result(_ask(process.stdin, process.stdout, {"root": root, **options}))
             except (OSError, ValueError) as exc:
                 future.set_exception(exc)
             finally:
@@ -90,8 +101,8 @@ class WorkerPool:
                     self._running.pop(root, None)
 
 
-def _ask(stdin: IO[bytes], stdout: IO[bytes], root: str, env: dict[str, str]) -> int:
-    stdin.write((json.dumps({"root": root, "env": env}) + "\n").encode())
+def _ask(stdin: IO[bytes], stdout: IO[bytes], request: dict[str, Any]) -> int:
+    stdin.write((json.dumps(request) + "\n").encode())
     stdin.flush()
     reply = stdout.readline()
     if not reply:
