@@ -41,6 +41,7 @@ def main() -> None:
         os.environ.update(
             MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
             MLFLOW_DISABLE_TELEMETRY="true",
+            BATCAT_AGENT_DIR=str(work / "agents"),
             DO_NOT_TRACK="true",
         )
         subprocess.run(  # build the new store's schema outside the measurement
