@@ -115,12 +115,44 @@ def _start(path: Path) -> socket.socket:
     raise BatcatError(f"the batcat agent did not start (log: {path.with_suffix('.log')}); set {AGENT_ENV}=0")
 
 
+# Tracker methods the agent runs for its clients (their arguments and results are JSON).
+_REMOTE_METHODS = frozenset(
+    {"experiment_id", "start_run", "fail_run", "find_run", "finished_children", "reopen_run", "end_run"}
+)
+
+
 class AgentTracker(Tracker):
     """A Tracker whose calls run in the agent, where MLflow is already loaded."""
 
+    def _remote(self, method: str, **kwargs: Any) -> Any:
+        return call("tracker", uri=self.uri, method=method, kwargs=kwargs)["result"]
+
+    def experiment_id(self, name: str) -> str:
+        return str(self._remote("experiment_id", name=name))
+
     def start_run(self, **kwargs: Any) -> tuple[str, str]:
-        reply = call("start_run", uri=self.uri, kwargs=kwargs)
-        return reply["run_id"], reply["experiment_id"]
+        run_id, experiment_id = self._remote("start_run", **kwargs)
+        return run_id, experiment_id
+
+    def fail_run(self, run_id: str, status: str, reason: str) -> None:
+        self._remote("fail_run", run_id=run_id, status=status, reason=reason)
+
+    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None:
+        found = self._remote("find_run", experiment_id=experiment_id, tag=tag, value=value)
+        return str(found) if found else None
+
+    def finished_children(self, experiment_id: str, parent_id: str, key_tag: str) -> list[str]:
+        return list(
+            self._remote(
+                "finished_children", experiment_id=experiment_id, parent_id=parent_id, key_tag=key_tag
+            )
+        )
+
+    def reopen_run(self, run_id: str) -> None:
+        self._remote("reopen_run", run_id=run_id)
+
+    def end_run(self, run_id: str, status: str, tags: Any, metrics: Any) -> None:
+        self._remote("end_run", run_id=run_id, status=status, tags=dict(tags), metrics=dict(metrics))
 
     def complete_run(self, run_id: str, manifest: Manifest, output_dir: Path | None) -> None:
         call(
@@ -131,15 +163,13 @@ class AgentTracker(Tracker):
             output_dir=str(output_dir) if output_dir else None,
         )
 
-    def fail_run(self, run_id: str, status: str, reason: str) -> None:
-        call("fail_run", uri=self.uri, run_id=run_id, status=status, reason=reason)
-
 
 class AgentJob:
     """A local job run by the agent's warm worker; same interface as the local backend's."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, parallel: int = 1) -> None:
         self.root = root
+        self.parallel = parallel
         self.exit_code: int | None = None
         self._done = threading.Event()
         self._error: BaseException | None = None
@@ -150,7 +180,8 @@ class AgentJob:
 
     def _run(self, env: dict[str, str]) -> None:
         try:
-            self.exit_code = call("run_job", root=str(self.root), env=env)["exit"]
+            reply = call("run_job", root=str(self.root), env=env, parallel=self.parallel)
+            self.exit_code = reply["exit"]
         except BaseException as exc:  # the handle reports a job without a manifest
             self._error = exc
         finally:
@@ -193,18 +224,16 @@ class _Agent:
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request["op"]
-        if op == "start_run":
-            run_id, experiment_id = self.tracker(request["uri"]).start_run(**request["kwargs"])
-            return {"run_id": run_id, "experiment_id": experiment_id}
+        if op == "tracker" and request["method"] in _REMOTE_METHODS:
+            method = getattr(self.tracker(request["uri"]), request["method"])
+            return {"result": method(**request["kwargs"])}
         if op == "complete_run":
             output_dir = Path(request["output_dir"]) if request["output_dir"] else None
             manifest = Manifest.from_dict(request["manifest"])
             self.tracker(request["uri"]).complete_run(request["run_id"], manifest, output_dir)
             return {}
-        if op == "fail_run":
-            self.tracker(request["uri"]).fail_run(request["run_id"], request["status"], request["reason"])
-            return {}
         if op == "run_job":
+            self.pool.grow(request.get("parallel", 1))
             future = self.pool.dispatch(Path(request["root"]), request["env"], replace_env=True)
             return {"exit": future.result()}
         if op == "stop_job":

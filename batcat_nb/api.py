@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from .backends import registry
-from .backends.base import JobHandle
+from .backends.base import Backend, JobHandle
 from .config import CoreConfig, resolve
 from .errors import TrackingError, UsageError
 from .layout import MAX_INPUTS, RESERVED_CHANNELS
@@ -96,6 +96,12 @@ def submit(request: RunRequest) -> JobHandle:
         raise
     handle.attach(tracker, run_id, experiment_id)
     return handle
+
+
+def tracker_for(backend: Backend, uri: str) -> Tracker:
+    """The backend's own way to reach the store (the local agent), else a Tracker here."""
+    tracker = getattr(backend, "tracker", None)
+    return tracker(uri) if tracker is not None else Tracker(uri)
 
 
 def tags_for(spec: JobSpec) -> dict[str, str]:

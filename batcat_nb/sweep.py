@@ -15,9 +15,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from .manifest import FAILED, FINISHED, KILLED
 from .parameters import resolve_value
 from .result import INTERRUPTED, RunResult
 from .spec import RunRequest
-from .tracking import Tracker
 
 log = logging.getLogger("batcat_nb")
 
@@ -171,10 +170,10 @@ class _Sweep:
         self.base = request.base
         self.specs = [api.resolve_spec(self._child_request(c)) for c in request.combinations]
         first = self.specs[0]
-        self.tracker = Tracker(first.tracking_uri)
+        self.backend = registry.get(first.backend)
+        self.tracker = api.tracker_for(self.backend, first.tracking_uri)
         self.sweep_id = _sweep_id(first.notebook, self.base.parameters, request.combinations)
         self.name = f"{Path(first.notebook).stem}-sweep-{self.sweep_id}"
-        self.backend = registry.get(first.backend)
         for spec in self.specs[:1]:
             self.backend.validate(spec)
         self._stop = threading.Event()
@@ -193,14 +192,14 @@ class _Sweep:
         parallel = min(self.request.max_parallel or os.cpu_count() or 1, len(self.specs))
         results: list[RunResult] = []
         interrupted = False
-        with self._pooled(parallel):  # the workers warm up while MLflow loads
+        with self._concurrent(parallel):  # workers warm up while MLflow loads
             experiment_id = self.tracker.experiment_id(self.specs[0].experiment)
             parent = self._parent_run(experiment_id)
-            done = self._finished_children(experiment_id, parent)
+            done = set(self.tracker.finished_children(experiment_id, parent, TAG_SWEEP_KEY))
             todo = [s for s in self.specs if self.request.rerun or _key(s.recorded_parameters) not in done]
             with (
                 _progress(len(todo), self.name, self.base.progress) as bar,
-                ThreadPoolExecutor(max_workers=parallel) as executor,
+                ThreadPoolExecutor(max_workers=parallel + 2) as executor,  # logging never blocks a start
             ):
                 futures = [executor.submit(self._run_one, spec, parent, experiment_id) for spec in todo]
                 try:
@@ -224,15 +223,12 @@ class _Sweep:
         self._stop_reason = reason
         self._stop.set()
 
-    @contextmanager
-    def _pooled(self, size: int) -> Iterator[None]:
+    def _concurrent(self, parallel: int) -> Any:
+        """Let the backend prepare for ``parallel`` jobs at once (warm local workers)."""
         if isinstance(self.backend, LocalBackend):
             log_path = Path(self.specs[0].output_dir).parent / f"{self.name}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.backend.pool(size, log_path):
-                yield
-        else:
-            yield
+            return self.backend.concurrent(parallel, log_path)
+        return nullcontext()
 
     def _run_one(self, spec: Any, parent: str, experiment_id: str) -> RunResult:
         if self._stop.is_set():
@@ -253,14 +249,10 @@ class _Sweep:
         return handle.wait()
 
     def _parent_run(self, experiment_id: str) -> str:
-        client = self.tracker.client
-        found = client.search_runs(
-            [experiment_id], filter_string=f"tags.`{TAG_SWEEP_ID}` = '{self.sweep_id}'", max_results=1
-        )
+        found = self.tracker.find_run(experiment_id, TAG_SWEEP_ID, self.sweep_id)
         if found:
-            run_id: str = found[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
-            return run_id
+            self.tracker.reopen_run(found)
+            return found
         definition = {"base": self.base.parameters, "combinations": self.request.combinations}
         run_id, _ = self.tracker.start_run(
             experiment=self.specs[0].experiment,
@@ -269,12 +261,6 @@ class _Sweep:
             tags={TAG_SWEEP_ID: self.sweep_id, TAG_SWEEP_DEFINITION: json.dumps(definition, default=str)},
         )
         return run_id
-
-    def _finished_children(self, experiment_id: str, parent: str) -> set[str]:
-        children = self.tracker.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent}'", max_results=10000
-        )
-        return {r.data.tags.get(TAG_SWEEP_KEY, "") for r in children if r.info.status == FINISHED}
 
     def _finish(
         self, parent: str, results: list[RunResult], skipped: int, duration: float, interrupted: bool
@@ -285,15 +271,15 @@ class _Sweep:
         others = [r for r in results if r not in scored]
         ordered = scored + others
         best = scored[0] if scored else None
-        client = self.tracker.client
+        tags: dict[str, str] = {}
+        metrics: dict[str, float] = {}
         if best is not None and objective:
-            client.set_tag(parent, TAG_SWEEP_BEST_RUN, best.run_id or "")
-            for name, value in best.parameters.items():
-                client.set_tag(parent, f"batcat.sweep.best.{name}", value)
-            client.log_metric(parent, f"best.{objective}", best.metrics[objective])
+            tags = {TAG_SWEEP_BEST_RUN: best.run_id or ""}
+            tags.update({f"batcat.sweep.best.{name}": value for name, value in best.parameters.items()})
+            metrics = {f"best.{objective}": best.metrics[objective]}
         failures = [r for r in results if not r.ok]
         status = KILLED if interrupted else FAILED if failures else FINISHED
-        client.set_terminated(parent, status=status)
+        self.tracker.end_run(parent, status, tags, metrics)
         return SweepResult(self.name, parent, ordered, skipped, objective, best, duration, failures)
 
 

@@ -180,6 +180,37 @@ class Tracker:
         client.set_tag(run_id, TAG_COMPLETED, "true")
         client.set_terminated(run_id, status=manifest.status, end_time=stamp)
 
+    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None:
+        """The newest run of the experiment whose ``tag`` is ``value``."""
+        found = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1
+        )
+        return found[0].info.run_id if found else None
+
+    def finished_children(self, experiment_id: str, parent_id: str, key_tag: str) -> list[str]:
+        """``key_tag`` of the parent's child runs that FINISHED."""
+        children = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50000
+        )
+        return [r.data.tags.get(key_tag, "") for r in children if r.info.status == "FINISHED"]
+
+    def reopen_run(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def end_run(
+        self, run_id: str, status: str, tags: Mapping[str, str], metrics: Mapping[str, float]
+    ) -> None:
+        """Tag, log final metrics and terminate a run the launcher owns (a sweep's parent)."""
+        from mlflow.entities import Metric, RunTag
+
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, str(v)[:_TAG_MAX]) for k, v in tags.items()],
+        )
+        self.client.set_terminated(run_id, status=status, end_time=stamp)
+
     def fail_run(self, run_id: str, status: str, reason: str) -> None:
         """End a run that produced no manifest (the job never started, or vanished)."""
         self.client.set_tag(run_id, TAG_REASON, reason[:_TAG_MAX])

@@ -20,9 +20,11 @@ def parent_of(runs_of, experiment):
     return [r for r in runs_of(experiment) if "batcat.sweep.id" in r.data.tags][0]
 
 
+@pytest.mark.parametrize("agent", ["1", "0"])
 def test_grid_sweep_groups_children_under_a_parent_that_records_the_best(
-    project, experiment, runs_of, mlflow_client
+    project, experiment, runs_of, mlflow_client, monkeypatch, agent
 ):
+    monkeypatch.setenv("BATCAT_AGENT", agent)  # warm workers of the agent, or of the sweep itself
     nb = write_notebook(project / "square.ipynb", *SQUARE)
     done = run_batcat(
         "run", str(nb), "-e", experiment, "--grid", "x=1,2,3", "--grid", "y=0,10",

@@ -38,6 +38,7 @@ class LocalBackend:
 
     def __init__(self) -> None:
         self._pool: WorkerPool | None = None
+        self._parallel = 1
 
     def validate(self, spec: JobSpec) -> None:
         if spec.kernel not in installed_kernels():
@@ -49,15 +50,23 @@ class LocalBackend:
             )
 
     def submit(self, spec: JobSpec) -> LocalHandle:
-        return LocalHandle(spec, self._pool)
+        return LocalHandle(spec, self._pool, self._parallel)
 
     def tracker(self, uri: str) -> Tracker:
         """Tracking through the warm agent when it runs our jobs too."""
         return agent.AgentTracker(uri) if agent.enabled() else Tracker(uri)
 
     @contextmanager
-    def pool(self, size: int, log_path: Path) -> Iterator[None]:
-        """Within this block, jobs go to ``size`` warm workers instead of one process each."""
+    def concurrent(self, size: int, log_path: Path) -> Iterator[None]:
+        """Within this block up to ``size`` jobs run at once on warm workers: the agent's, or
+        a pool of our own when the agent is off."""
+        if agent.enabled():
+            self._parallel = size
+            try:
+                yield
+            finally:
+                self._parallel = 1
+            return
         self._pool = WorkerPool(size, log_path)
         try:
             yield
@@ -84,7 +93,7 @@ def installed_kernels() -> set[str]:
 class LocalHandle(JobHandle):
     """A job in a local directory laid out like ``/opt/ml``, run by its own worker or a pool's."""
 
-    def __init__(self, spec: JobSpec, pool: WorkerPool | None = None) -> None:
+    def __init__(self, spec: JobSpec, pool: WorkerPool | None = None, parallel: int = 1) -> None:
         super().__init__(spec)
         self.output_dir = Path(spec.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +107,7 @@ class LocalHandle(JobHandle):
         if pool is not None:
             self._run = _PooledWorker(pool, self.root)
         elif agent.enabled():
-            self._run = agent.AgentJob(self.root)
+            self._run = agent.AgentJob(self.root, parallel)
             if spec.progress or spec.log_output:
                 self._follower = threading.Thread(
                     target=_follow, args=(self._log_path, self._run), daemon=True

@@ -31,23 +31,27 @@ class WorkerPool:
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._log = log_path.open("ab")
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._feeders: list[threading.Thread] = []
+        self.grow(size)
+
+    def grow(self, size: int) -> None:
+        """Have at least ``size`` workers."""
         env = {k: v for k, v in os.environ.items() if k != ML_ROOT_ENV}
-        self._processes = [
-            subprocess.Popen(
-                [sys.executable, "-m", "batcat_nb.worker", "--serve"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=self._log,
-                env=env,
-                start_new_session=True,
-            )
-            for _ in range(size)
-        ]
-        self._feeders = [
-            threading.Thread(target=self._feed, args=(process,), daemon=True) for process in self._processes
-        ]
-        for feeder in self._feeders:
-            feeder.start()
+        with self._lock:
+            while len(self._processes) < size:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "batcat_nb.worker", "--serve"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=self._log,
+                    env=env,
+                    start_new_session=True,
+                )
+                feeder = threading.Thread(target=self._feed, args=(process,), daemon=True)
+                feeder.start()
+                self._processes.append(process)
+                self._feeders.append(feeder)
 
     def dispatch(self, root: Path, env: dict[str, str], replace_env: bool = False) -> Future[int]:
         """Queue the job laid out at ``root``; the future resolves to the worker's exit code.

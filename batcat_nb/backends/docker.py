@@ -1,0 +1,296 @@
+"""The Docker backend: the runner image's worker in a local container, as SageMaker Processing runs it.
+
+``submit`` stages the job and finds (or builds) the image before the MLflow run exists; once it
+does, the container starts with the run's ids in its environment. The container contract
+itself lives in ``batcat_nb.processing``, shared with the SageMaker tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import resolve
+from ..errors import BackendError, ConfigError, UsageError
+from ..layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
+from ..manifest import FINISHED, RUNNING, Manifest
+from ..processing import ContainerResources, ProcessingOutcome, check_channels, docker_client, file_uri
+from ..spec import JobSpec
+from ..storage import is_s3
+from ..tracking import run_env
+from .base import JobHandle
+
+log = logging.getLogger("batcat_nb")
+
+LOG_NAME = "batcat-job.log"
+_MEMORY = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
+_AWS_PASSED = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED")
+
+
+@dataclass
+class DockerConfig:
+    """``[tool.batcat.docker]``, ``BATCAT_DOCKER_*`` and the run's ``backend_options``."""
+
+    image: str | None = None  # run this existing image; nothing is built
+    base_image: str | None = None  # default: python:3.11-slim, else batcat-base:bookworm
+    requirements: str | None = None  # default: requirements.txt beside the notebook or in the project
+    wheelhouse: bool | None = None  # None: only when the build cannot reach a package index
+    cpus: float | None = None
+    memory: str | None = None  # docker's syntax: 512m, 2g
+    gpus: str | None = None  # "all" or a count
+    env: list[str] | dict[str, str] | None = None  # NAME=VALUE entries for the container
+    pass_aws_credentials: bool = False
+    network: str = "host"  # host: the job reaches servers on this machine (MLflow, S3 endpoints)
+    user: str | None = None  # default: your uid:gid (bind mounts stay yours); "image": the image's USER
+    stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+
+    def environment(self) -> dict[str, str]:
+        if isinstance(self.env, dict):
+            return {str(k): str(v) for k, v in self.env.items()}
+        pairs = {}
+        for entry in self.env or []:
+            name, sep, value = str(entry).partition("=")
+            if not sep or not name:
+                raise ConfigError(f"docker env entry {entry!r} is not NAME=VALUE")
+            pairs[name] = value
+        return pairs
+
+    def container_user(self) -> str | None:
+        if self.user == "image":
+            return None
+        return self.user or f"{os.getuid()}:{os.getgid()}"
+
+    def resources(self) -> ContainerResources:
+        return ContainerResources(cpus=self.cpus, memory=self.memory, gpus=self.gpus)
+
+
+def docker_config(options: dict[str, Any]) -> DockerConfig:
+    """The Docker options of a run, checked."""
+    config = resolve(DockerConfig, "docker", options)
+    if config.memory and not _MEMORY.match(str(config.memory)):
+        raise ConfigError(f"docker memory {config.memory!r} is not a size like 512m or 2g")
+    if config.cpus is not None and float(config.cpus) <= 0:
+        raise ConfigError(f"docker cpus must be positive, got {config.cpus}")
+    if config.gpus and not (str(config.gpus) == "all" or str(config.gpus).isdigit()):
+        raise ConfigError(f"docker gpus {config.gpus!r}: give 'all' or a count")
+    config.environment()
+    return config
+
+
+class DockerBackend:
+    """Runs each job in a fresh container of the runner image, through the local Docker engine."""
+
+    name = "docker"
+
+    def __init__(self) -> None:
+        self._client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    def validate(self, spec: JobSpec) -> None:
+        config = docker_config(spec.backend_options)
+        check_channels(spec.inputs, spec.outputs)
+        client = self.client()
+        if config.gpus and "nvidia" not in (client.info().get("Runtimes") or {}):
+            raise BackendError(
+                "--gpus needs the NVIDIA Container Toolkit in the Docker engine (no 'nvidia' runtime here)"
+            )
+        if config.pass_aws_credentials:
+            aws_credentials()
+
+    def submit(self, spec: JobSpec) -> DockerHandle:
+        return DockerHandle(spec, docker_config(spec.backend_options), self.client())
+
+
+def aws_credentials() -> dict[str, str]:
+    """This host's AWS credentials (and region/endpoint) as variables for the container only."""
+    import boto3
+
+    credentials = boto3.Session().get_credentials()
+    if credentials is None:
+        raise UsageError("pass_aws_credentials is set but no AWS credentials are configured here")
+    frozen = credentials.get_frozen_credentials()
+    env = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+    if frozen.token:
+        env["AWS_SESSION_TOKEN"] = frozen.token
+    env.update({name: os.environ[name] for name in _AWS_PASSED if os.environ.get(name)})
+    return env
+
+
+class DockerHandle(JobHandle):
+    """A job in a container: staged and imaged at submit, started once its MLflow run exists."""
+
+    def __init__(self, spec: JobSpec, config: DockerConfig, client: Any) -> None:
+        super().__init__(spec)
+        from .. import images
+
+        self.config, self.client = config, client
+        self.output_dir = Path(spec.output_dir)
+        if config.image:
+            self.image = images.existing_image(client, config.image)
+        else:
+            requirements = config.requirements or images.find_requirements(Path(spec.notebook).parent)
+            self.image = images.ensure_image(
+                client,
+                base_image=config.base_image,
+                requirements=requirements,
+                wheelhouse=config.wheelhouse,
+                on_log=self._show_step if spec.progress or spec.log_output else None,
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.job_dir = Path(tempfile.mkdtemp(prefix=f"batcat-{spec.job_name}-job-"))
+        self.job_dir.chmod(0o755)
+        (self.job_dir / "job.json").write_text(json.dumps(spec.worker_job(), indent=2))
+        self._log_path = self.output_dir / LOG_NAME
+        self._stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outcome: ProcessingOutcome | None = None
+        self._error = ""
+
+    def _on_attach(self) -> None:
+        from mlflow.entities import RunTag
+
+        from ..images import TAG_IMAGE, TAG_IMAGE_DIGEST
+
+        assert self.tracker is not None and self.spec.run_id and self.spec.experiment_id
+        self.tracker.client.log_batch(
+            self.spec.run_id,
+            tags=[RunTag(TAG_IMAGE, self.image.tag), RunTag(TAG_IMAGE_DIGEST, self.image.digest)],
+        )
+        environment, mounts = self._tracking()
+        environment.update(self.config.environment())
+        secrets = aws_credentials() if self.config.pass_aws_credentials else {}
+        request = self._request(environment)
+        self._thread = threading.Thread(
+            target=self._run, args=(request, mounts, secrets), name=f"docker-{self.job_name}", daemon=True
+        )
+        self._thread.start()
+
+    def _request(self, environment: dict[str, str]) -> dict[str, Any]:
+        from ..processing import build_request
+
+        spec = self.spec
+        inputs = {CODE_CHANNEL: file_uri(Path(spec.notebook).parent), JOB_CHANNEL: file_uri(self.job_dir)}
+        inputs.update({k: v if is_s3(v) else file_uri(v) for k, v in spec.inputs.items()})
+        outputs = {NOTEBOOK_CHANNEL: file_uri(self.output_dir)}
+        outputs.update({k: v if is_s3(v) else file_uri(v) for k, v in spec.outputs.items()})
+        return build_request(
+            spec,
+            image=self.image.tag,
+            inputs=inputs,
+            outputs=outputs,
+            environment=environment,
+            max_runtime=int(spec.timeout) + 60 if spec.timeout else None,
+        )
+
+    def _tracking(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The run's variables for the container, and the mounts a local store needs."""
+        assert self.tracker is not None and self.spec.run_id and self.spec.experiment_id
+        uri = self.tracker.uri
+        mounts: dict[str, str] = {}
+        if uri.startswith("sqlite:///"):  # the same file at the same path, so the same URI works
+            database = Path(uri.removeprefix("sqlite:///")).resolve()
+            uri = f"sqlite:///{database}"
+            mounts[str(database.parent)] = str(database.parent)
+            location = self.tracker.client.get_experiment(self.spec.experiment_id).artifact_location
+            if location.startswith("file://"):
+                artifacts = Path(location.removeprefix("file://"))
+                if database.parent not in artifacts.parents:
+                    artifacts.mkdir(parents=True, exist_ok=True)
+                    mounts[str(artifacts)] = str(artifacts)
+        return run_env(uri, self.spec.run_id, self.spec.experiment_id), mounts
+
+    def _run(self, request: dict[str, Any], mounts: dict[str, str], secrets: dict[str, str]) -> None:
+        from ..processing import run_request
+
+        echo = self.spec.progress or self.spec.log_output
+        try:
+            with self._log_path.open("a", encoding="utf-8") as log_file:
+
+                def on_log(line: str) -> None:
+                    log_file.write(line + "\n")
+                    log_file.flush()
+                    if echo:
+                        self._echo(line.rsplit("\r", 1)[-1])
+
+                self._outcome = run_request(
+                    request,
+                    client=self.client,
+                    on_log=on_log,
+                    stop=self._stop_event,
+                    stop_grace=self.config.stop_grace,
+                    extra_mounts=mounts,
+                    network_mode=self.config.network,
+                    resources=self.config.resources(),
+                    user=self.config.container_user(),
+                    extra_env=secrets,
+                )
+        except Exception as exc:  # the engine failed us: the run ends FAILED with this reason
+            log.debug("docker job %s", self.job_name, exc_info=True)
+            self._error = f"the Docker engine failed the job: {type(exc).__name__}: {exc}"
+        finally:
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+
+    def status(self) -> str:
+        if self._thread is not None and self._thread.is_alive():
+            return RUNNING
+        return self.wait().status
+
+    def _wait_for_exit(self, timeout: float | None) -> bool:
+        if self._thread is None:
+            return True  # never started: it ends without a manifest
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _fetch_outputs(self) -> Path:
+        shutil.rmtree(self.job_dir, ignore_errors=True)
+        return self.output_dir
+
+    def _read_manifest(self, output_dir: Path | None) -> Manifest:
+        manifest = super()._read_manifest(output_dir)
+        if self._outcome is not None and self._outcome.oom_killed and manifest.status != FINISHED:
+            limit = f" (--memory {self.config.memory})" if self.config.memory else ""
+            reason = manifest.reason
+            detail = f"; {reason}" if reason and "OutOfMemory" not in reason else ""
+            manifest.reason = f"killed: out of memory{limit}{detail}"
+        return manifest
+
+    def _exit_reason(self) -> str:
+        if self._outcome is not None:
+            return self._outcome.failure_reason or self._outcome.exit_message
+        return self._error
+
+    def logs(self) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _stop(self) -> None:
+        self._stop_event.set()
+        if self._thread is None:
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+
+    @staticmethod
+    def _echo(line: str) -> None:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    @classmethod
+    def _show_step(cls, line: str) -> None:
+        from ..images import is_step
+
+        if is_step(line):
+            cls._echo(line[:120])
