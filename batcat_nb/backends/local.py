@@ -67,6 +67,7 @@ class LocalBackend:
             finally:
                 self._parallel = 1
             return
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         self._pool = WorkerPool(size, log_path)
         try:
             yield
