@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from .backends.base import JobHandle
     from .notebook import Parameter
     from .result import RunResult
+    from .sweep import SweepResult
 
-__all__ = ["__version__", "inspect", "record", "run", "submit"]
+__all__ = ["__version__", "inspect", "record", "run", "submit", "sweep"]
 
 
 def run(notebook: str, parameters: dict[str, Any] | None = None, **options: Any) -> RunResult:
@@ -41,6 +42,33 @@ def submit(notebook: str, parameters: dict[str, Any] | None = None, **options: A
     from .spec import RunRequest
 
     return api.submit(RunRequest(notebook=str(notebook), parameters=dict(parameters or {}), **options))
+
+
+def sweep(
+    notebook: str,
+    grid: dict[str, list[Any]] | None = None,
+    runs: list[dict[str, Any]] | None = None,
+    *,
+    parameters: dict[str, Any] | None = None,
+    objective: str | None = None,
+    maximize: bool = False,
+    max_parallel: int | None = None,
+    fail_fast: bool = False,
+    rerun: bool = False,
+    **options: Any,
+) -> SweepResult:
+    """Run ``notebook`` for every combination of ``grid`` and every parameter set in ``runs``.
+
+    One parent MLflow run groups a child run per combination; ``objective`` ranks them.
+    ``options`` are RunRequest's fields, as for ``run``.
+    """
+    from .spec import RunRequest
+    from .sweep import SweepRequest, grid_combinations, run_sweep
+
+    combinations = (grid_combinations(grid) if grid else []) + [dict(r) for r in runs or []]
+    base = RunRequest(notebook=str(notebook), parameters=dict(parameters or {}), **options)
+    request = SweepRequest(base, combinations, objective, maximize, max_parallel, fail_fast, rerun)
+    return run_sweep(request)
 
 
 def inspect(notebook: str) -> list[Parameter]:

@@ -131,3 +131,15 @@ def _wait_for(condition, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
         time.sleep(0.1)
+
+
+def test_sweep_from_python_ranks_by_the_objective(project, experiment):
+    nb = write_notebook(
+        project / "nb.ipynb", "x = 0", "import batcat_nb\nbatcat_nb.record('loss', abs(x - 1))"
+    )
+    result = batcat_nb.sweep(
+        str(nb), grid={"x": [0, 1]}, runs=[{"x": 3}], objective="loss", experiment=experiment, progress=False
+    )
+    assert result.ok and [r.parameters["x"] for r in result.results] == ["1", "0", "3"]
+    assert result.best is result.results[0] and "best loss=0" in str(result)
+    assert "<table>" in result._repr_html_()
