@@ -55,14 +55,18 @@ def agent_dir() -> Path:
 
 
 def socket_path() -> Path:
-    """The socket of the agent for this Python, this batcat_nb code and these variables."""
+    """The socket of the agent for this Python and these variables (``<environment>-<code>``)."""
     from . import __version__
 
-    package = Path(__file__).parent
-    stamp = max(p.stat().st_mtime_ns for p in package.rglob("*.py"))
     env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_KEY_PREFIXES))
-    key = json.dumps([sys.executable, __version__, stamp, env])
-    return agent_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.sock"
+    environment = json.dumps([sys.executable, env])
+    package = Path(__file__).parent
+    code = json.dumps([__version__, max(p.stat().st_mtime_ns for p in package.rglob("*.py"))])
+    return agent_dir() / f"{_digest(environment)}-{_digest(code)}.sock"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # --- client -------------------------------------------------------------------------------
@@ -97,6 +101,8 @@ def _connect(path: Path) -> socket.socket | None:
 
 
 def _start(path: Path) -> socket.socket:
+    environment = path.stem.split("-")[0]
+    _stop([(p, i) for p, i in running_agents() if p.stem.split("-")[0] == environment])  # older code
     with open(path.with_suffix(".log"), "ab") as log_file:
         subprocess.Popen(
             [sys.executable, "-m", "batcat_nb.agent", "--socket", str(path)],
@@ -317,12 +323,16 @@ def running_agents() -> list[tuple[Path, dict[str, Any]]]:
 
 
 def stop_agents() -> int:
-    """Ask every running agent to stop (SIGTERM); return how many were asked."""
+    """Ask every running agent to stop; return how many were asked."""
     agents = running_agents()
+    _stop(agents)
+    return len(agents)
+
+
+def _stop(agents: list[tuple[Path, dict[str, Any]]]) -> None:
     for _, info in agents:
         with contextlib.suppress(ProcessLookupError):
             os.kill(info["pid"], signal.SIGTERM)
-    return len(agents)
 
 
 def main() -> None:
