@@ -21,10 +21,12 @@ demo: setup
 	$(BIN)/batcat run notebooks/train_diabetes.ipynb -p alpha 0.05 -y 'l1_ratio: 0.5'
 
 lint: setup
-	$(BIN)/ruff check batcat_nb tests bench
-	$(BIN)/ruff format --check batcat_nb tests bench
+	$(BIN)/ruff check batcat_nb tests bench magics/00-batcat.py
+	$(BIN)/ruff format --check batcat_nb tests bench magics/00-batcat.py
 	$(BIN)/mypy
 
-## Lint, type-check and run the whole test suite
+## Lint, type-check and run the whole test suite (as root on Debian it first installs and
+## starts what the tests need: the browser)
 test: lint
+	@if [ "$$(id -u)" = 0 ]; then scripts/provision_browser.sh; fi
 	$(BIN)/pytest

@@ -118,7 +118,11 @@ def tags_for(spec: JobSpec) -> dict[str, str]:
 
 def run(request: RunRequest) -> RunResult:
     """Run to the end; Ctrl-C stops the job, keeps its partial notebook and marks it KILLED."""
-    handle = submit(request)
+    return wait(submit(request))
+
+
+def wait(handle: JobHandle) -> RunResult:
+    """Wait for a submitted job; Ctrl-C stops it, keeps its partial notebook, marks it KILLED."""
     try:
         return handle.wait()
     except KeyboardInterrupt:

@@ -51,6 +51,8 @@ class RunResult:
         rows = [("status", self.status), ("duration", f"{self.duration:.1f}s")]
         if self.reason and not self.ok:
             rows.append(("reason", self.reason))
+        if self.parameters:
+            rows.append(("parameters", ", ".join(f"{k}={v}" for k, v in self.parameters.items())))
         if self.metrics:
             rows.append(("metrics", ", ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())))
         rows.append(("notebook", self.output_notebook or "(none written)"))
@@ -64,6 +66,9 @@ class RunResult:
         width = max(len(label) for label, _ in self.summary_lines())
         body = "\n".join(f"  {label:<{width}}  {value}" for label, value in self.summary_lines())
         return f"{self.job_name}\n{body}"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
 
     def _repr_html_(self) -> str:
         rows = "".join(

@@ -19,7 +19,7 @@ class RunRequest:
 
     notebook: str
     parameters: dict[str, Any] = field(default_factory=dict)
-    backend: str = "local"
+    backend: str | None = None  # None: the configured default, else "local"
     experiment: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)

@@ -23,7 +23,7 @@ from .parameters import recorded, with_defaults
 from .record import RECORDS_ENV
 from .spec import job_name
 from .tracking import Tracker, default_tracking_uri, run_env, run_tags
-from .worker import collect_records, job_preamble, render_html
+from .worker import IN_JOB_ENV, collect_records, job_preamble, render_html
 
 
 @contextmanager
@@ -50,7 +50,11 @@ def tracked_papermill_run(nb_man: Any, kernel_name: str, kwargs: dict[str, Any])
     workdir = Path(tempfile.mkdtemp(prefix="batcat-papermill-"))
     manifest = Manifest(name, notebook=f"{source.stem}.ipynb", parameters=params, kernel=kernel_name)
     manifest.started_at = time.time()
-    env = {**run_env(tracker.uri, run_id, experiment_id), RECORDS_ENV: str(workdir / RECORDS_NAME)}
+    env = {
+        **run_env(tracker.uri, run_id, experiment_id),
+        RECORDS_ENV: str(workdir / RECORDS_NAME),
+        IN_JOB_ENV: name,  # a %batcat_run in the notebook never submits from a batch run
+    }
     try:
         yield job_preamble(None, env)
         manifest.error = first_error(nb_man.nb)

@@ -50,7 +50,17 @@ class JobStopped(BaseException):
         self.reason = reason
 
 
+def skip_slow_optional_imports() -> None:
+    """Keep jsonschema from importing ``rfc3987_syntax`` (~2 s of Lark grammars at import).
+
+    nbformat imports jsonschema, which loads that optional format checker when installed
+    (JupyterLab brings it); notebook validation never uses it. python-jsonschema/jsonschema#1428.
+    """
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
+    skip_slow_optional_imports()
     parser = argparse.ArgumentParser(prog="python -m batcat_nb.worker", description=__doc__)
     parser.add_argument("--serve", action="store_true", help="run jobs read from stdin")
     args = parser.parse_args(argv)

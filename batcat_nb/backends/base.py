@@ -8,6 +8,7 @@ after which the job logs to it. ``wait()`` completes the run from the job's mani
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -42,6 +43,7 @@ class JobHandle(ABC):
         self.tracker: Tracker | None = None
         self._result: RunResult | None = None
         self._cancel_reason: str | None = None
+        self._completing = threading.Lock()
 
     @property
     def job_name(self) -> str:
@@ -88,7 +90,9 @@ class JobHandle(ABC):
             return self._result
         if not self._wait_for_exit(timeout):
             raise TimeoutError(f"{self.job_name} still {RUNNING} after {timeout}s")
-        self._result = self._complete()
+        with self._completing:  # one thread completes the run; the others get its result
+            if self._result is None:
+                self._result = self._complete()
         return self._result
 
     def _complete(self) -> RunResult:

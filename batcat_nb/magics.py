@@ -1,0 +1,725 @@
+"""IPython magics: ``%load_ext batcat_nb``, then ``%batcat_run`` and friends.
+
+A thin front end over the API. ``%batcat_run`` parses its line with the ``batcat run``
+command's own options (``cli.run_options``: one definition serves both) and calls
+``api.submit``; the other magics read the jobs this session started and the MLflow store.
+A mistake is shown as one IPython ``UsageError`` line, without a traceback.
+
+    %batcat_run train.ipynb -p alpha=$alpha --experiment churn
+    job = %batcat_run train.ipynb --no-wait     # job.status(), job.wait()
+    %batcat_status      %batcat_logs --follow      %batcat_stop JOB
+    %batcat_runs --metric test.rmse --ascending  %batcat_params train.ipynb
+
+Defaults are traitlets: ``c.BatcatMagics.default_backend = "docker"`` in an IPython profile,
+or ``%config BatcatMagics.default_backend = "docker"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+import os
+import shlex
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from IPython.core.error import UsageError as IPythonUsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Float, Integer, Unicode
+
+from .errors import BatcatError, UsageError, did_you_mean
+from .manifest import RUNNING
+from .notebook_path import current_notebook
+from .worker import IN_JOB_ENV
+
+if TYPE_CHECKING:
+    from .backends.base import JobHandle
+    from .notebook import Parameter
+    from .result import RunResult
+    from .spec import RunRequest
+
+log = logging.getLogger("batcat_nb")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+NO_WAIT = "--no-wait"
+PARAMETER_FLAGS = frozenset({"-p", "--parameters", "-r", "--parameters-raw"})
+STOPPED_BY_MAGIC = "stopped with %batcat_stop"
+MAGIC_HELP = """
+In the magic also:
+  NOTEBOOK may be left out: the notebook this cell is in runs, as last saved.
+  -p NAME=VALUE (and -r NAME=VALUE) as well as -p NAME VALUE.
+  --no-wait  return the job at once: job.status(), job.wait(), %batcat_logs, %batcat_stop.
+  $name and {expression} expand Python values in the line.
+"""
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the magics; in terminals too, results show as their summaries."""
+    ipython.register_magics(BatcatMagics(shell=ipython))
+    plain = ipython.display_formatter.formatters["text/plain"]
+    for module, name in (("batcat_nb.result", "RunResult"), ("batcat_nb.sweep", "SweepResult")):
+        plain.for_type_by_name(module, name, lambda result, printer, cycle: printer.text(str(result)))
+
+
+def _usage_errors(method: F) -> F:
+    """batcat's and click's user errors become IPython's UsageError: one line, no traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, line: str = "", *args: Any, **kwargs: Any) -> Any:
+        import click
+
+        try:
+            return method(self, line, *args, **kwargs)
+        except BatcatError as exc:
+            raise IPythonUsageError(str(exc)) from None
+        except click.UsageError as exc:
+            name = f"%{method.__name__}"
+            message = f"{name}: {exc.format_message()} ({name} --help lists the options)"
+            raise IPythonUsageError(message) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- %batcat_run's line
+
+
+def split_line(line: str) -> list[str]:
+    """The magic's line (already variable-expanded by IPython) as shell-like words."""
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot read the line: {exc} (quote values that contain spaces)") from None
+
+
+def name_value_pairs(args: list[str]) -> list[str]:
+    """``-p name=value`` (the magic's form) to ``-p name value`` (papermill's and the CLI's)."""
+    out: list[str] = []
+    index = 0
+    while index < len(args):
+        token = args[index]
+        out.append(token)
+        index += 1
+        if token == "--":
+            out += args[index:]
+            break
+        if token in PARAMETER_FLAGS and index < len(args):
+            name, sep, value = args[index].partition("=")
+            if sep and name.isidentifier():
+                out += [name, value]
+                index += 1
+    return out
+
+
+def parse_run_line(
+    line: str, find_notebook: Callable[[], Path | None]
+) -> tuple[dict[str, Any], bool, bool] | None:
+    """``%batcat_run``'s line to (``batcat run``'s options, wait, notebook detected); None after --help."""
+    import click
+
+    from . import cli
+
+    args = split_line(line)
+    wait = NO_WAIT not in args
+    args = name_value_pairs([a for a in args if a != NO_WAIT])
+    settings: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+    try:
+        try:
+            context = cli.run.make_context("%batcat_run", list(args), **settings)
+            detected = False
+        except click.MissingParameter as exc:
+            if exc.param is None or exc.param.name != "notebook":
+                raise
+            notebook = find_notebook()
+            if notebook is None:
+                raise UsageError(
+                    "no NOTEBOOK given, and this kernel's notebook is unknown (not a JupyterLab, "
+                    "Notebook or VS Code session): name it, e.g. %batcat_run path/to/notebook.ipynb"
+                ) from None
+            context = cli.run.make_context("%batcat_run", [str(notebook), *args], **settings)
+            detected = True
+    except click.exceptions.Exit:  # --help: click has printed the options
+        print(MAGIC_HELP.rstrip())
+        return None
+    return context.params, wait, detected
+
+
+def quiet_tqdm_import() -> None:
+    """Import tqdm.auto without its warning in a kernel lacking ipywidgets (mlflow imports it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import tqdm.auto  # noqa: F401
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class Job:
+    """A job started from this session: the backend's handle, shown as a card.
+
+    ``status()``, ``wait()``, ``logs()`` and ``cancel()`` are the handle's. A job started with
+    ``--no-wait`` completes its MLflow run in the background as soon as it ends. A lock keeps
+    that completion and ``status()`` apart: some handles complete the run inside ``status()``.
+    """
+
+    def __init__(self, handle: JobHandle, interval: float = 2.0) -> None:
+        self.handle = handle
+        self.interval = interval
+        self.result: RunResult | None = None
+        self._lock = threading.Lock()
+        self._waiter: threading.Thread | None = None
+
+    def __getattr__(self, name: str) -> Any:  # anything else the handle offers
+        if name in ("handle", "result"):
+            raise AttributeError(name)
+        return getattr(self.handle, name)
+
+    @property
+    def job_name(self) -> str:
+        return self.handle.job_name
+
+    def status(self) -> str:
+        """RUNNING, FINISHED, FAILED or KILLED."""
+        with self._lock:
+            return self.result.status if self.result is not None else self.handle.status()
+
+    def logs(self) -> str:
+        return self.handle.logs()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self.handle.cancel(reason)
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        """Wait for the end and return the RunResult (its MLflow run completed)."""
+        if self._waiter is not None:
+            self._waiter.join(timeout)
+            if self._waiter.is_alive():
+                raise TimeoutError(f"{self.job_name} still {RUNNING} after {timeout}s")
+        with self._lock:
+            if self.result is None:  # no waiter, or it failed: wait here and show why
+                self.result = self.handle.wait(timeout)
+            return self.result
+
+    def complete_in_background(self) -> None:
+        """Complete the MLflow run when the job ends, even if nobody calls ``wait()``."""
+
+        def complete() -> None:
+            while self.result is None:
+                with self._lock:  # in slices, so that status() gets its turn
+                    try:
+                        self.result = self.handle.wait(self.interval)
+                    except TimeoutError:
+                        pass
+                    except Exception as exc:  # wait() in the foreground raises it again
+                        log.debug("%s: background completion failed: %s", self.job_name, exc)
+                        return
+                time.sleep(0.05)
+
+        self._waiter = threading.Thread(target=complete, name=f"batcat-{self.job_name}", daemon=True)
+        self._waiter.start()
+
+    def follow(self) -> RunResult:
+        """Wait in the foreground (Ctrl-C stops the job, as api.run does); remote jobs show their state."""
+        from . import api
+
+        spec = self.handle.spec
+        line = (
+            StateLine(self.handle, self.interval)
+            if spec.progress and not _own_progress(self.handle)
+            else None
+        )
+        try:
+            with self._lock:
+                self.result = api.wait(self.handle)
+        finally:
+            if line is not None:
+                line.stop(self.result.status if self.result is not None else None)
+        return self.result
+
+    def rows(self) -> list[tuple[str, str]]:
+        spec = self.handle.spec
+        rows = [("status", self.status()), ("backend", spec.backend), ("experiment", spec.experiment)]
+        if spec.run_id:
+            rows.append(("mlflow run", f"{spec.run_id} (experiment {spec.experiment_id})"))
+        rows.append(("output", spec.output_dir))
+        name = self.job_name
+        rows.append(("next", f"job.wait()   %batcat_logs {name} --follow   %batcat_stop {name}"))
+        return rows
+
+    def __str__(self) -> str:
+        if self.result is not None:
+            return str(self.result)
+        return f"{self.job_name}\n{_text_rows(self.rows())}"
+
+    def __repr__(self) -> str:
+        return f"<batcat job {self.job_name} {self.status()}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        if self.result is not None:
+            return self.result._repr_html_()
+        rows = self.rows()
+        return (
+            f"<div class='batcat-job'><b>{html.escape(rows[0][1])}</b> "
+            f"<code>{html.escape(self.job_name)}</code>{_html_rows(rows[1:])}</div>"
+        )
+
+
+class StateLine:
+    """A line under the cell with a remote job's state, updated in place while the run waits.
+
+    The state is the handle's ``state()`` when it has one (the service's own words: Starting,
+    Downloading, InProgress...), polled every ``interval`` seconds; else RUNNING until the end.
+    The job's log lines are the backend's to show (they echo them while ``wait()`` runs).
+    """
+
+    def __init__(self, handle: JobHandle, interval: float) -> None:
+        from IPython.display import display
+
+        self.job_name, self.backend = handle.job_name, handle.spec.backend
+        self.since = datetime.now().strftime("%H:%M:%S")
+        self.state = RUNNING
+        self._display = display(self, display_id=True)
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        state = getattr(handle, "state", None)
+        if callable(state):
+            self._ticker = threading.Thread(target=self._tick, args=(state, interval), daemon=True)
+            self._ticker.start()
+
+    def _tick(self, state: Callable[[], str], interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self._show(str(state()))
+            except Exception as exc:  # a failed look is no reason to stop waiting
+                log.debug("%s: no state: %s", self.job_name, exc)
+
+    def _show(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            if self._display is not None:
+                self._display.update(self)
+
+    def stop(self, final: str | None) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        if final:
+            self._show(final)
+
+    def __repr__(self) -> str:
+        return f"{self.job_name}: {self.state} on {self.backend} (since {self.since})"
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<div class='batcat-state'><b>{html.escape(self.state)}</b> <code>{html.escape(self.job_name)}"
+            f"</code> on {html.escape(self.backend)}, since {self.since}</div>"
+        )
+
+
+class SkippedRun:
+    """What ``%batcat_run`` returns inside a batch job: nothing ran, and ``wait()`` is harmless."""
+
+    def __init__(self, in_job: str) -> None:
+        self.in_job = in_job
+
+    def status(self) -> str:
+        return "SKIPPED"
+
+    def wait(self, timeout: float | None = None) -> SkippedRun:
+        return self
+
+    def logs(self) -> str:
+        return ""
+
+    def cancel(self, reason: str = "") -> None:
+        """Nothing to stop."""
+
+    def __repr__(self) -> str:
+        return f"<batcat: %batcat_run skipped inside the batch job {self.in_job}>"
+
+
+class Jobs:
+    """The jobs this IPython session started, by name; the last one is the default.
+
+    A job started elsewhere (another session, the CLI) is not found yet: a backend that can
+    re-attach to a job by name (SageMaker) will plug in at ``_find_elsewhere``.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+
+    def add(self, handle: JobHandle, interval: float = 2.0) -> Job:
+        job = Job(handle, interval)
+        self._jobs[handle.job_name] = job
+        return job
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def experiments(self) -> list[str]:
+        """The experiments of this session's jobs, most recent first."""
+        names = [job.handle.spec.experiment for job in reversed(self._jobs.values())]
+        return list(dict.fromkeys(names))
+
+    def get(self, name: str | None) -> Job:
+        """A job by name, MLflow run id or unique prefix of its name; None: the last one."""
+        if name is None:
+            if not self._jobs:
+                raise UsageError(
+                    "no job started in this session yet (%batcat_run NOTEBOOK --no-wait starts one)"
+                )
+            return list(self._jobs.values())[-1]
+        if name in self._jobs:
+            return self._jobs[name]
+        by_run = [job for job in self._jobs.values() if job.handle.spec.run_id == name]
+        by_prefix = [job for job_name, job in self._jobs.items() if job_name.startswith(name)]
+        for found in (by_run, by_prefix):
+            if len(found) == 1:
+                return found[0]
+        elsewhere = self._find_elsewhere(name)
+        if elsewhere is not None:
+            return elsewhere
+        known = ", ".join(self._jobs) or "none yet"
+        raise UsageError(f"no job '{name}' in this session{did_you_mean(name, self._jobs)}; jobs: {known}")
+
+    def _find_elsewhere(self, name: str) -> Job | None:
+        """Where a lookup by job name on a remote backend will go."""
+        return None
+
+
+def _own_progress(handle: JobHandle) -> bool:
+    """Whether the handle shows the job's progress itself (the local worker's cell-by-cell bar)."""
+    own = getattr(handle, "shows_progress", None)
+    return bool(own) if own is not None else handle.spec.backend == "local"
+
+
+def follow_logs(job: Job, interval: float) -> None:
+    """Print the job's log, then what it adds, until it ends; Ctrl-C stops following only."""
+    shown = 0
+    try:
+        while True:
+            running = job.status() == RUNNING  # read after: the last lines are never missed
+            text = job.logs()
+            print(text[shown:], end="", flush=True)
+            shown = len(text)
+            if not running:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        print(f"\n(stopped following; {job.job_name} goes on)")
+
+
+# --------------------------------------------------------------------------- display helpers
+
+
+def _text_rows(rows: list[tuple[str, str]]) -> str:
+    width = max((len(label) for label, _ in rows), default=0)
+    return "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)
+
+
+def _html_rows(rows: list[tuple[str, str]]) -> str:
+    body = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(label)}</th>"
+        f"<td style='text-align:left'>{html.escape(value)}</td></tr>"
+        for label, value in rows
+    )
+    return f"<table>{body}</table>"
+
+
+class ParameterTable:
+    """The parameters a notebook declares, for ``%batcat_params``."""
+
+    def __init__(self, path: Path, parameters: list[Parameter] | None) -> None:
+        self.path = path
+        self.parameters = parameters
+
+    def _rows(self) -> list[tuple[str, str, str, str]]:
+        return [(p.name, p.type_name or "any", p.default, p.help) for p in self.parameters or []]
+
+    def __str__(self) -> str:
+        if self.parameters is None:
+            return f"{self.path}: no cell tagged 'parameters' (values are injected at the top)"
+        width = max((len(name) for name, *_ in self._rows()), default=0)
+        lines = [
+            f"  {name:<{width}}  {kind:<6} (default {default})  {help_}".rstrip()
+            for name, kind, default, help_ in self._rows()
+        ]
+        return "\n".join([f"Parameters of {self.path}", *lines])
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        path = html.escape(str(self.path))
+        caption = f"<caption style='text-align:left'>Parameters of <code>{path}</code></caption>"
+        if self.parameters is None:
+            return f"<div class='batcat-params'>{html.escape(str(self))}</div>"
+        head = "".join(f"<th style='text-align:left'>{h}</th>" for h in ("name", "type", "default", "help"))
+        cells = [
+            "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in row) for row in self._rows()
+        ]
+        body = "".join(f"<tr>{row}</tr>" for row in cells)
+        return f"<table class='batcat-params'>{caption}<tr>{head}</tr>{body}</table>"
+
+
+# --------------------------------------------------------------------------- %batcat_runs
+
+
+def runs_frame(client: Any, experiments: dict[str, str], last: int) -> Any:
+    """The last runs of ``experiments`` (id: name) as a DataFrame, newest first, one row a run."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise UsageError("%batcat_runs shows its table as a pandas DataFrame: pip install pandas") from None
+
+    order = ["attributes.start_time DESC"]
+    runs = client.search_runs(list(experiments), max_results=last, order_by=order) if experiments else []
+    rows = []
+    for run in runs:
+        info, data = run.info, run.data
+        start = datetime.fromtimestamp(info.start_time / 1000).replace(microsecond=0)
+        rows.append(
+            {
+                "run": info.run_name or info.run_id,
+                "experiment": experiments.get(info.experiment_id, info.experiment_id),
+                "status": info.status,
+                "start": start,
+                "duration_s": round((info.end_time - info.start_time) / 1000, 1) if info.end_time else None,
+                **{f"params.{k}": v for k, v in sorted(data.params.items())},
+                **{f"metrics.{k}": v for k, v in sorted(data.metrics.items())},
+                "run_id": info.run_id,
+            }
+        )
+    base = ["run", "experiment", "status", "start", "duration_s"]
+    frame = pd.DataFrame(rows, columns=None if rows else [*base, "run_id"])
+    params = sorted(c for c in frame.columns if c.startswith("params."))
+    metrics = sorted(c for c in frame.columns if c.startswith("metrics."))
+    for column in params:  # parameters are strings in MLflow: numbers compare better as numbers
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        if numbers.notna().sum() == frame[column].notna().sum():
+            frame[column] = numbers
+    if len(experiments) <= 1:
+        base.remove("experiment")
+    return frame[[*base, *params, *metrics, "run_id"]]
+
+
+def best_first(frame: Any, metric: str, ascending: bool) -> Any:
+    """``frame`` sorted by ``metric`` (``name`` or ``metrics.name``), runs without it last."""
+    column = metric if metric.startswith("metrics.") else f"metrics.{metric}"
+    if column not in frame.columns:
+        known = [c.removeprefix("metrics.") for c in frame.columns if c.startswith("metrics.")]
+        raise UsageError(
+            f"no metric '{metric}' in these runs{did_you_mean(metric, known)}; "
+            f"metrics: {', '.join(known) or 'none'}"
+        )
+    return frame.sort_values(column, ascending=ascending, na_position="last", kind="stable")
+
+
+# --------------------------------------------------------------------------- the magics
+
+
+@magics_class
+class BatcatMagics(Magics):
+    """``%batcat_run``, ``%batcat_status``, ``%batcat_logs``, ``%batcat_stop``, ``%batcat_runs``,
+    ``%batcat_params``."""
+
+    default_backend = Unicode(
+        None, allow_none=True, help="Backend when %batcat_run names none (before $BATCAT_BACKEND)."
+    ).tag(config=True)
+    tracking_uri = Unicode(
+        None, allow_none=True, help="MLflow store when a line names none (before $MLFLOW_TRACKING_URI)."
+    ).tag(config=True)
+    mlflow_ui_url = Unicode(
+        None, allow_none=True, help="The MLflow UI's address (e.g. from `batcat ui`): summaries link to runs."
+    ).tag(config=True)
+    progress = Bool(True, help="Show progress and the job's log while %batcat_run waits.").tag(config=True)
+    runs_last = Integer(20, help="How many runs %batcat_runs shows without --last.").tag(config=True)
+    poll_interval = Float(2.0, help="Seconds between looks at a remote job or a log.").tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.jobs = Jobs()
+
+    @line_magic
+    @_usage_errors
+    def batcat_run(self, line: str = "") -> Any:
+        """Run a notebook as a tracked batch job, with the options of ``batcat run``.
+
+        %batcat_run [NOTEBOOK] [-p NAME=VALUE ...] [--backend NAME] [-e NAME] [--no-wait] ...
+
+        Without NOTEBOOK, this notebook runs, as last saved. Returns the RunResult or, with
+        --no-wait, the job at once (job.status(), job.wait()). Inside a batch job it does
+        nothing but say so: a job never submits itself again. %batcat_run --help lists the options.
+        """
+        in_job = os.environ.get(IN_JOB_ENV)
+        if in_job:
+            print(f"batcat: not submitting: this notebook is itself running as the batch job {in_job}")
+            return SkippedRun(in_job)
+        parsed = parse_run_line(line, lambda: current_notebook(self.shell))
+        if parsed is None:
+            return None
+        options, wait, detected = parsed
+        if detected:
+            print(f"batcat: running this notebook, {options['notebook']}, as last saved")
+        from . import api, cli
+
+        quiet_tqdm_import()
+        sweep = getattr(cli, "sweep_from_options", lambda options: None)(options)
+        if sweep is not None:  # --grid / --sweep: the CLI's sweep, many runs, waited for
+            if not wait:
+                raise UsageError("--no-wait starts one run; a sweep (--grid, --sweep) waits for its runs")
+            from .sweep import run_sweep
+
+            self._with_defaults(sweep.base, wait)
+            return run_sweep(sweep)
+        request = self._with_defaults(cli.request_from_options(options), wait)
+        job = self.jobs.add(api.submit(request), self.poll_interval)
+        if not wait:
+            job.complete_in_background()
+            return job
+        return self._linked(job.follow())
+
+    @line_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("job", nargs="?", help="Job name, MLflow run id or name prefix (default: the last job).")
+    def batcat_status(self, line: str = "") -> Any:
+        """The state of a job started in this session: its card, or its summary once it ended."""
+        if self._note_in_job("%batcat_status"):
+            return None
+        return self.jobs.get(parse_argstring(self.batcat_status, line).job)
+
+    @line_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("job", nargs="?", help="Job name, MLflow run id or name prefix (default: the last job).")
+    @argument("-f", "--follow", action="store_true", help="Keep printing until the job ends.")
+    def batcat_logs(self, line: str = "") -> None:
+        """The log of a job started in this session."""
+        if self._note_in_job("%batcat_logs"):
+            return
+        args = parse_argstring(self.batcat_logs, line)
+        job = self.jobs.get(args.job)
+        if args.follow:
+            follow_logs(job, self.poll_interval)
+        else:
+            print(job.logs() or f"(no log from {job.job_name} yet)", end="")
+
+    @line_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("job", help="Job name, MLflow run id or name prefix.")
+    def batcat_stop(self, line: str = "") -> Any:
+        """Stop a job; its run ends KILLED and its partial notebook is kept."""
+        if self._note_in_job("%batcat_stop"):
+            return None
+        job = self.jobs.get(parse_argstring(self.batcat_stop, line).job)
+        status = job.status()
+        if status != RUNNING:
+            print(f"batcat: {job.job_name} has already ended: {status}")
+        else:
+            job.cancel(STOPPED_BY_MAGIC)
+        return self._linked(job.wait())
+
+    @line_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("-e", "--experiment", action="append", help="Experiment (repeat to compare several).")
+    @argument("-n", "--last", type=int, default=None, help="How many recent runs (default 20).")
+    @argument("-m", "--metric", help="Sort by this metric, best (highest) first.")
+    @argument("--ascending", action="store_true", help="With --metric: lowest first (losses, errors).")
+    @argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db).")
+    def batcat_runs(self, line: str = "") -> Any:
+        """Recent runs as a table: one row a run, parameters and metrics as columns.
+
+        Default experiments: those of this session's jobs, else this notebook's, else all.
+        """
+        args = parse_argstring(self.batcat_runs, line)
+        from .tracking import Tracker, default_tracking_uri
+
+        quiet_tqdm_import()
+        last = args.last if args.last is not None else self.runs_last
+        if last < 1:
+            raise UsageError(f"--last takes a positive number of runs, not {last}")
+        uri = args.tracking_uri or self.tracking_uri or default_tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+            print(f"batcat: no runs yet: the MLflow store {uri} does not exist")
+            return runs_frame(None, {}, last).set_index("run")
+        client = Tracker(uri).client
+        experiments, label = self._experiments(client, args.experiment)
+        frame = runs_frame(client, experiments, last)
+        if args.metric and len(frame):
+            frame = best_first(frame, args.metric, args.ascending)
+        order = f"best {args.metric} first" if args.metric else "newest first"
+        if len(frame):
+            print(f"{len(frame)} recent run{'s' * (len(frame) != 1)} of {label}, {order}")
+        else:
+            print(f"batcat: no runs of {label}")
+        return frame.set_index("run")
+
+    @line_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("notebook", nargs="?", help="The notebook (default: this one, as last saved).")
+    def batcat_params(self, line: str = "") -> ParameterTable:
+        """The parameters a notebook declares: types, defaults and help."""
+        from .notebook import load_notebook
+
+        path = parse_argstring(self.batcat_params, line).notebook or current_notebook(self.shell)
+        if path is None:
+            raise UsageError("no NOTEBOOK given, and this kernel's notebook is unknown: name it")
+        notebook = load_notebook(path)
+        return ParameterTable(notebook.path, notebook.parameters())
+
+    # ----------------------------------------------------------------------- helpers
+
+    def _with_defaults(self, request: RunRequest, wait: bool) -> RunRequest:
+        """The traitlets fill what the line leaves out (before $BATCAT_* and pyproject.toml)."""
+        if request.backend is None and self.default_backend:
+            request.backend = self.default_backend
+        request.tracking_uri = request.tracking_uri or self.tracking_uri
+        request.progress = request.progress and self.progress and wait
+        return request
+
+    def _note_in_job(self, magic: str) -> bool:
+        in_job = os.environ.get(IN_JOB_ENV)
+        if in_job:
+            print(f"batcat: {magic} does nothing inside the batch job {in_job}")
+        return bool(in_job)
+
+    def _linked(self, result: RunResult) -> RunResult:
+        """Give the summary a link to the run when the MLflow UI's address is configured."""
+        if result.run_url is None and self.mlflow_ui_url and result.run_id and result.experiment_id:
+            from .tracking import Tracker
+
+            tracker = Tracker(result.tracking_uri)
+            result.run_url = tracker.run_url(result.experiment_id, result.run_id, ui_base=self.mlflow_ui_url)
+        return result
+
+    def _experiments(self, client: Any, names: list[str] | None) -> tuple[dict[str, str], str]:
+        """Experiments to list (id: name) and how to name them in the note above the table."""
+        existing = {e.name: e.experiment_id for e in client.search_experiments()}
+        if names:
+            for name in [n for n in names if n not in existing]:  # not an error: no runs yet, or a typo
+                print(f"batcat: no experiment '{name}' in the MLflow store yet{did_you_mean(name, existing)}")
+        else:
+            notebook = current_notebook(self.shell, ask_servers=False)
+            for candidates in (self.jobs.experiments(), [notebook.stem] if notebook else []):
+                names = [name for name in candidates if name in existing]
+                if names:
+                    break
+            if not names:
+                return {i: n for n, i in existing.items()}, "all experiments"
+        label = f"experiment{'s' * (len(names) > 1)} " + ", ".join(f"'{n}'" for n in names)
+        return {existing[n]: n for n in names if n in existing}, label
