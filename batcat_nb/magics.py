@@ -166,15 +166,13 @@ class Job:
     """A job started from this session: the backend's handle, shown as a card.
 
     ``status()``, ``wait()``, ``logs()`` and ``cancel()`` are the handle's. A job started with
-    ``--no-wait`` completes its MLflow run in the background as soon as it ends. A lock keeps
-    that completion and ``status()`` apart: some handles complete the run inside ``status()``.
+    ``--no-wait`` completes its MLflow run in the background as soon as it ends.
     """
 
     def __init__(self, handle: JobHandle, interval: float = 2.0) -> None:
         self.handle = handle
         self.interval = interval
         self.result: RunResult | None = None
-        self._lock = threading.Lock()
         self._waiter: threading.Thread | None = None
 
     def __getattr__(self, name: str) -> Any:  # anything else the handle offers
@@ -188,8 +186,7 @@ class Job:
 
     def status(self) -> str:
         """RUNNING, FINISHED, FAILED or KILLED."""
-        with self._lock:
-            return self.result.status if self.result is not None else self.handle.status()
+        return self.result.status if self.result is not None else self.handle.status()
 
     def logs(self) -> str:
         return self.handle.logs()
@@ -203,25 +200,18 @@ class Job:
             self._waiter.join(timeout)
             if self._waiter.is_alive():
                 raise TimeoutError(f"{self.job_name} still {RUNNING} after {timeout}s")
-        with self._lock:
-            if self.result is None:  # no waiter, or it failed: wait here and show why
-                self.result = self.handle.wait(timeout)
-            return self.result
+        if self.result is None:  # no waiter, or it failed: wait here and show why
+            self.result = self.handle.wait(timeout)
+        return self.result
 
     def complete_in_background(self) -> None:
         """Complete the MLflow run when the job ends, even if nobody calls ``wait()``."""
 
         def complete() -> None:
-            while self.result is None:
-                with self._lock:  # in slices, so that status() gets its turn
-                    try:
-                        self.result = self.handle.wait(self.interval)
-                    except TimeoutError:
-                        pass
-                    except Exception as exc:  # wait() in the foreground raises it again
-                        log.debug("%s: background completion failed: %s", self.job_name, exc)
-                        return
-                time.sleep(0.05)
+            try:
+                self.result = self.handle.wait()
+            except Exception as exc:  # wait() in the foreground raises it again
+                log.debug("%s: background completion failed: %s", self.job_name, exc)
 
         self._waiter = threading.Thread(target=complete, name=f"batcat-{self.job_name}", daemon=True)
         self._waiter.start()
@@ -237,8 +227,7 @@ class Job:
             else None
         )
         try:
-            with self._lock:
-                self.result = api.wait(self.handle)
+            self.result = api.wait(self.handle)
         finally:
             if line is not None:
                 line.stop(self.result.status if self.result is not None else None)
