@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint provision
 
 setup: $(VENV)/.installed
 
@@ -26,7 +26,15 @@ lint: setup
 	$(BIN)/mypy
 
 ## Lint, type-check and run the whole test suite (as root on Debian it first installs and
-## starts what the tests need: the browser)
-test: lint
-	@if [ "$$(id -u)" = 0 ]; then scripts/provision_browser.sh; fi
+## starts what the tests need)
+test: lint provision
 	$(BIN)/pytest
+
+# What the Docker, registry and browser tests need, as root on Debian: a running dockerd
+# (Debian's docker.io), a base image (python:3.11-slim if it can be pulled, else
+# batcat-base:bookworm from debootstrap + docker import), docker-registry on 127.0.0.1 and
+# Chromium. Idempotent; about a second when all is there.
+provision:
+	@if [ "$$(id -u)" = 0 ] && [ -f /etc/debian_version ]; then \
+		scripts/provision_docker.sh && scripts/provision_registry.sh && scripts/provision_browser.sh; \
+	fi

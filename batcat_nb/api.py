@@ -132,6 +132,8 @@ def wait(handle: JobHandle) -> RunResult:
 
 
 def _check_channels(inputs: dict[str, str], outputs: dict[str, str]) -> None:
+    for name in set(inputs) & set(outputs):
+        raise UsageError(f"'{name}' names both an input and an output; give each channel its own name")
     for name in [*inputs, *outputs]:
         if name in RESERVED_CHANNELS:
             raise UsageError(

@@ -149,12 +149,16 @@ def run_options(command: Any) -> Any:
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    from .build_cli import docker_run_options
+    from .jobs_cli import backend_options
+
+    return backend_options(docker_run_options(command))  # shared, Docker and SageMaker options
 
 
 def request_from_options(options: dict[str, Any]) -> Any:
     """Click's parsed ``run`` options to a RunRequest."""
     from . import parameters
+    from .jobs_cli import backend_options_from
     from .spec import RunRequest
 
     return RunRequest(
@@ -178,6 +182,7 @@ def request_from_options(options: dict[str, Any]) -> Any:
         progress=not options["no_progress"],
         tracking_uri=options["tracking_uri"],
         tags=_pairs(options["tags"], "--tag"),
+        backend_options=backend_options_from(options),
     )
 
 
@@ -216,10 +221,18 @@ def sweep_from_options(options: dict[str, Any]) -> Any:
 
 @cli.command()
 @run_options
-def run(**options: Any) -> None:
+@click.option("--no-wait", is_flag=True, help="Return once the job is submitted (as `batcat submit`).")
+def run(no_wait: bool, **options: Any) -> None:
     """Execute NOTEBOOK in a fresh kernel and record it as an MLflow run (or a sweep of runs)."""
     from . import api
 
+    if no_wait:
+        from .jobs_cli import submit_and_report
+
+        if options["grid"] or options["sweep_file"]:
+            raise UsageError("--no-wait starts one run; a sweep (--grid, --sweep) waits for its runs")
+        submit_and_report(request_from_options(options))
+        return
     sweep = sweep_from_options(options)
     if sweep is not None:
         from .sweep import run_sweep
@@ -308,6 +321,17 @@ def agent_stop() -> None:
     from . import agent as agents
 
     click.echo(f"stopped {agents.stop_agents()} agent(s)")
+
+
+def _add_job_commands() -> None:
+    from .build_cli import build
+    from .jobs_cli import register
+
+    register(cli)  # submit, status, logs, stop, list, download
+    cli.add_command(build)
+
+
+_add_job_commands()
 
 
 def main() -> None:

@@ -199,7 +199,7 @@ class _Sweep:
             todo = [s for s in self.specs if self.request.rerun or _key(s.recorded_parameters) not in done]
             with (
                 _progress(len(todo), self.name, self.base.progress) as bar,
-                ThreadPoolExecutor(max_workers=parallel + 2) as executor,  # logging never blocks a start
+                ThreadPoolExecutor(max_workers=parallel) as executor,
             ):
                 futures = [executor.submit(self._run_one, spec, parent, experiment_id) for spec in todo]
                 try:

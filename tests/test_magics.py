@@ -167,7 +167,7 @@ def test_python_values_expand_in_the_line_and_both_parameter_forms_reach_the_run
         ("{nb} -p alhpa=1", "no parameter 'alhpa' (did you mean 'alpha'?)"),
         ("{nb} -p alpha", "'-p' requires 2 arguments"),
         ("missing.ipynb", "notebook not found: missing.ipynb"),
-        ("{nb} --backend docker", "unknown backend 'docker'"),
+        ("{nb} --backend dockr", "unknown backend 'dockr'"),
         ("{nb} -p alpha='unclosed", "cannot read the line"),
         ("", "no NOTEBOOK given, and this kernel's notebook is unknown"),
     ],

@@ -22,6 +22,8 @@ ENTRY_POINT_GROUP = "batcat_nb.backends"
 
 BUILTIN = {
     "local": "batcat_nb.backends.local:LocalBackend",
+    "docker": "batcat_nb.backends.docker:DockerBackend",
+    "sagemaker": "batcat_nb.backends.sagemaker:SageMakerBackend",
 }
 
 

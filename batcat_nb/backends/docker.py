@@ -23,15 +23,24 @@ from ..config import resolve
 from ..errors import BackendError, ConfigError, UsageError
 from ..layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
 from ..manifest import FINISHED, RUNNING, Manifest
-from ..processing import ContainerResources, ProcessingOutcome, check_channels, docker_client, file_uri
+from ..processing import (
+    ContainerResources,
+    ProcessingOutcome,
+    check_channels,
+    check_environment,
+    code_files,
+    docker_client,
+    file_uri,
+    stage_files,
+)
 from ..spec import JobSpec
 from ..storage import is_s3
-from ..tracking import run_env
+from ..tracking import Tracker, run_env
+from ..worker import JOB_LOG_NAME
 from .base import JobHandle
 
 log = logging.getLogger("batcat_nb")
 
-LOG_NAME = "batcat-job.log"
 _MEMORY = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
 _AWS_PASSED = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED")
 
@@ -48,6 +57,7 @@ class DockerConfig:
     memory: str | None = None  # docker's syntax: 512m, 2g
     gpus: str | None = None  # "all" or a count
     env: list[str] | dict[str, str] | None = None  # NAME=VALUE entries for the container
+    include: list[str] | None = None  # files or directories shipped beside the notebook
     pass_aws_credentials: bool = False
     network: str = "host"  # host: the job reaches servers on this machine (MLflow, S3 endpoints)
     user: str | None = None  # default: your uid:gid (bind mounts stay yours); "image": the image's USER
@@ -72,6 +82,15 @@ class DockerConfig:
     def resources(self) -> ContainerResources:
         return ContainerResources(cpus=self.cpus, memory=self.memory, gpus=self.gpus)
 
+    def includes(self) -> list[Path]:
+        found = []
+        for entry in self.include or []:
+            path = Path(entry).expanduser().resolve()
+            if not path.exists():
+                raise UsageError(f"--include {entry}: no such file or directory (relative to {Path.cwd()})")
+            found.append(path)
+        return found
+
 
 def docker_config(options: dict[str, Any]) -> DockerConfig:
     """The Docker options of a run, checked."""
@@ -83,6 +102,7 @@ def docker_config(options: dict[str, Any]) -> DockerConfig:
     if config.gpus and not (str(config.gpus) == "all" or str(config.gpus).isdigit()):
         raise ConfigError(f"docker gpus {config.gpus!r}: give 'all' or a count")
     config.environment()
+    config.includes()
     return config
 
 
@@ -102,6 +122,7 @@ class DockerBackend:
     def validate(self, spec: JobSpec) -> None:
         config = docker_config(spec.backend_options)
         check_channels(spec.inputs, spec.outputs)
+        check_environment(config.environment())
         client = self.client()
         if config.gpus and "nvidia" not in (client.info().get("Runtimes") or {}):
             raise BackendError(
@@ -112,6 +133,12 @@ class DockerBackend:
 
     def submit(self, spec: JobSpec) -> DockerHandle:
         return DockerHandle(spec, docker_config(spec.backend_options), self.client())
+
+    def tracker(self, uri: str) -> Tracker:
+        """MLflow through the warm agent, as for local runs: the launcher never imports MLflow."""
+        from .. import agent
+
+        return agent.AgentTracker(uri) if agent.enabled() else Tracker(uri)
 
 
 def aws_credentials() -> dict[str, str]:
@@ -149,26 +176,23 @@ class DockerHandle(JobHandle):
                 wheelhouse=config.wheelhouse,
                 on_log=self._show_step if spec.progress or spec.log_output else None,
             )
+        # The run is created after submit, with the spec's tags: the image is part of its provenance.
+        spec.tags.update({images.TAG_IMAGE: self.image.tag, images.TAG_IMAGE_DIGEST: self.image.digest})
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        # The code channel holds what SageMaker's would: the notebook and the --include'd files.
         self.job_dir = Path(tempfile.mkdtemp(prefix=f"batcat-{spec.job_name}-job-"))
         self.job_dir.chmod(0o755)
-        (self.job_dir / "job.json").write_text(json.dumps(spec.worker_job(), indent=2))
-        self._log_path = self.output_dir / LOG_NAME
+        stage_files(code_files(Path(spec.notebook), config.includes()), self.job_dir / CODE_CHANNEL)
+        (self.job_dir / JOB_CHANNEL).mkdir()
+        (self.job_dir / JOB_CHANNEL / "job.json").write_text(json.dumps(spec.worker_job(), indent=2))
+        self._log_path = self.output_dir / JOB_LOG_NAME
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()  # not Thread.join: a join broken by Ctrl-C can lie after
         self._outcome: ProcessingOutcome | None = None
         self._error = ""
 
     def _on_attach(self) -> None:
-        from mlflow.entities import RunTag
-
-        from ..images import TAG_IMAGE, TAG_IMAGE_DIGEST
-
-        assert self.tracker is not None and self.spec.run_id and self.spec.experiment_id
-        self.tracker.client.log_batch(
-            self.spec.run_id,
-            tags=[RunTag(TAG_IMAGE, self.image.tag), RunTag(TAG_IMAGE_DIGEST, self.image.digest)],
-        )
         environment, mounts = self._tracking()
         environment.update(self.config.environment())
         secrets = aws_credentials() if self.config.pass_aws_credentials else {}
@@ -182,7 +206,7 @@ class DockerHandle(JobHandle):
         from ..processing import build_request
 
         spec = self.spec
-        inputs = {CODE_CHANNEL: file_uri(Path(spec.notebook).parent), JOB_CHANNEL: file_uri(self.job_dir)}
+        inputs = {name: file_uri(self.job_dir / name) for name in (CODE_CHANNEL, JOB_CHANNEL)}
         inputs.update({k: v if is_s3(v) else file_uri(v) for k, v in spec.inputs.items()})
         outputs = {NOTEBOOK_CHANNEL: file_uri(self.output_dir)}
         outputs.update({k: v if is_s3(v) else file_uri(v) for k, v in spec.outputs.items()})
@@ -203,13 +227,7 @@ class DockerHandle(JobHandle):
         if uri.startswith("sqlite:///"):  # the same file at the same path, so the same URI works
             database = Path(uri.removeprefix("sqlite:///")).resolve()
             uri = f"sqlite:///{database}"
-            mounts[str(database.parent)] = str(database.parent)
-            location = self.tracker.client.get_experiment(self.spec.experiment_id).artifact_location
-            if location.startswith("file://"):
-                artifacts = Path(location.removeprefix("file://"))
-                if database.parent not in artifacts.parents:
-                    artifacts.mkdir(parents=True, exist_ok=True)
-                    mounts[str(artifacts)] = str(artifacts)
+            mounts[str(database.parent)] = str(database.parent)  # mlartifacts/ lives there too
         return run_env(uri, self.spec.run_id, self.spec.experiment_id), mounts
 
     def _run(self, request: dict[str, Any], mounts: dict[str, str], secrets: dict[str, str]) -> None:
@@ -242,17 +260,17 @@ class DockerHandle(JobHandle):
             self._error = f"the Docker engine failed the job: {type(exc).__name__}: {exc}"
         finally:
             shutil.rmtree(self.job_dir, ignore_errors=True)
+            self._done.set()
 
     def status(self) -> str:
-        if self._thread is not None and self._thread.is_alive():
+        if self._thread is not None and not self._done.is_set():
             return RUNNING
         return self.wait().status
 
     def _wait_for_exit(self, timeout: float | None) -> bool:
         if self._thread is None:
             return True  # never started: it ends without a manifest
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._done.wait(timeout)
 
     def _fetch_outputs(self) -> Path:
         shutil.rmtree(self.job_dir, ignore_errors=True)
@@ -269,7 +287,7 @@ class DockerHandle(JobHandle):
 
     def _exit_reason(self) -> str:
         if self._outcome is not None:
-            return self._outcome.failure_reason or self._outcome.exit_message
+            return self._outcome.exit_message or self._outcome.failure_reason or ""
         return self._error
 
     def logs(self) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from .. import agent
-from ..errors import KernelNotFound
+from ..errors import KernelNotFound, UsageError
 from ..layout import CODE_CHANNEL, ML_ROOT_ENV, NOTEBOOK_CHANNEL, JobLayout
 from ..manifest import RUNNING, Manifest
 from ..spec import JobSpec
@@ -41,6 +41,9 @@ class LocalBackend:
         self._parallel = 1
 
     def validate(self, spec: JobSpec) -> None:
+        if spec.backend_options:
+            names = ", ".join(f"--{k.replace('_', '-')}" for k in spec.backend_options)
+            raise UsageError(f"{names}: options of the docker and sagemaker backends; add --backend NAME")
         if spec.kernel not in installed_kernels():
             raise KernelNotFound(
                 f"kernel '{spec.kernel}' is not installed (installed: "

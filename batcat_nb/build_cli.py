@@ -1,0 +1,108 @@
+"""``batcat build`` and the Docker options of ``batcat run``.
+
+``batcat build`` prints the runner image of this project's environment, built only when it
+changed. ``--image``, ``--env`` and ``--include`` are shared with SageMaker (``jobs_cli``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+log = logging.getLogger("batcat_nb")
+
+# option name -> DockerConfig key; only the values given on the command line are passed on.
+DOCKER_OPTIONS = {
+    "base_image": "base_image",
+    "requirements": "requirements",
+    "cpus": "cpus",
+    "memory": "memory",
+    "gpus": "gpus",
+    "pass_aws_credentials": "pass_aws_credentials",
+}
+
+
+def docker_run_options(command: Any) -> Any:
+    """The Docker options of ``batcat run`` (and of the magics, which parse with it)."""
+    options = [
+        click.option("--base-image", default=None, metavar="IMAGE", help="Docker: base of the runner image."),
+        click.option(
+            "--requirements",
+            default=None,
+            metavar="FILE",
+            help="Docker: the project's requirements (default: requirements.txt by the notebook).",
+        ),
+        click.option("--cpus", type=float, default=None, help="Docker: CPUs for the job."),
+        click.option("--memory", default=None, metavar="SIZE", help="Docker: memory limit (512m, 2g)."),
+        click.option("--gpus", default=None, metavar="all|N", help="Docker: GPUs for the job."),
+        click.option(
+            "--pass-aws-credentials",
+            is_flag=True,
+            default=None,
+            help="Docker: give the job this host's AWS credentials (never stored).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.command("build")
+@click.option(
+    "--requirements",
+    "-r",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The project's requirements (default: requirements.txt here or in the project directory).",
+)
+@click.option(
+    "--base-image", default=None, help="Base image (default: python:3.11-slim, else batcat-base:bookworm)."
+)
+@click.option("--tag", "extra_tag", default=None, metavar="NAME[:TAG]", help="Also tag it NAME:TAG.")
+@click.option(
+    "--wheelhouse/--no-wheelhouse",
+    default=None,
+    help="Install from wheels resolved on this host (default: when the build cannot reach an index).",
+)
+@click.option("--rebuild", is_flag=True, help="Build even if the image exists (layer cache applies).")
+def build(
+    requirements: str | None,
+    base_image: str | None,
+    extra_tag: str | None,
+    wheelhouse: bool | None,
+    rebuild: bool,
+) -> None:
+    """Build the runner image for Docker and SageMaker jobs; print its tag and digest."""
+    from .backends.docker import docker_config
+    from .images import ensure_image, find_requirements
+    from .processing import docker_client
+
+    config = docker_config({"base_image": base_image, "requirements": requirements, "wheelhouse": wheelhouse})
+    image = ensure_image(
+        docker_client(),
+        base_image=config.base_image,
+        requirements=config.requirements or find_requirements(Path.cwd()),
+        extra_tag=extra_tag,
+        wheelhouse=config.wheelhouse,
+        rebuild=rebuild,
+        on_log=_show_step,
+    )
+    click.echo(image.tag)
+    click.echo(f"  digest  {image.digest}")
+    click.echo(f"  base    {image.base_image}")
+    if extra_tag:
+        click.echo(f"  also    {extra_tag}")
+    click.echo(f"  {'built' if image.built else 'reused':<6}  in {image.seconds:.1f}s")
+
+
+def _show_step(line: str) -> None:
+    """Each Dockerfile step on stderr; the rest of the build log at debug level (``batcat -v``)."""
+    from .images import is_step
+
+    if is_step(line):
+        click.echo(line if len(line) <= 120 else line[:117] + "...", err=True)
+    else:
+        log.debug("build: %s", line)

@@ -1,0 +1,115 @@
+"""A real Docker engine for the tests: the engine, the runner image (built once), the backend.
+
+The image is built with the example notebooks' requirements on ``$BATCAT_DOCKER_BASE_IMAGE``
+(else python:3.11-slim or the local ``batcat-base:bookworm``); its content-addressed tag makes
+every later session reuse it in about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_fixtures import moto_server
+from conftest import EXAMPLES, require
+
+__all__ = ["docker_backend", "engine", "moto_server", "runner", "s3_bucket"]
+
+EXAMPLE_REQUIREMENTS = (
+    "scikit-learn\npandas\nskops\n"  # notebooks/*.ipynb: imports, mlflow.sklearn (skinny lacks skops)
+)
+DOCKER_BACKEND = "batcat_nb.backends.docker:DockerBackend"
+# The `batcat` command with the docker backend and `batcat build`, as cli.py will register them.
+BATCAT_WITH_DOCKER = (
+    f"from batcat_nb.backends import registry; registry.register('docker', {DOCKER_BACKEND!r}); "
+    "from batcat_nb.cli import cli, main; from batcat_nb.build_cli import build; "
+    "cli.add_command(build); main()"
+)
+
+
+@dataclass
+class Runner:
+    """The session's runner image and what it was built from."""
+
+    image: Any  # batcat_nb.images.RunnerImage
+    requirements: Path
+
+    def options(self, **extra: Any) -> dict[str, Any]:
+        """Docker backend options that find this image without building."""
+        return {"base_image": self.image.base_image, "requirements": str(self.requirements), **extra}
+
+
+@pytest.fixture(scope="session")
+def engine() -> Any:
+    """A client of the local Docker engine (scripts/provision_docker.sh starts one)."""
+    from batcat_nb.errors import BackendError
+    from batcat_nb.processing import docker_client
+
+    try:
+        client = docker_client()
+    except BackendError as exc:
+        require(False, f"a Docker engine ({exc})")
+    return client
+
+
+@pytest.fixture(scope="session")
+def runner(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Runner:
+    """The runner image with the examples' requirements, built once per environment."""
+    from batcat_nb import images
+    from batcat_nb.errors import UsageError
+
+    requirements = EXAMPLES / "requirements.txt"
+    if not requirements.exists():
+        requirements = tmp_path_factory.mktemp("image") / "requirements.txt"
+        requirements.write_text(EXAMPLE_REQUIREMENTS)
+    try:
+        base = images.resolve_base_image(engine, os.environ.get("BATCAT_DOCKER_BASE_IMAGE"))[0]
+    except UsageError as exc:
+        require(False, f"a base image ({exc})")
+    image = images.ensure_image(engine, base_image=base, requirements=requirements)
+    return Runner(image, requirements)
+
+
+@pytest.fixture
+def docker_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``backend="docker"`` resolves to the Docker backend (until it is a built-in)."""
+    from batcat_nb.backends import registry
+
+    monkeypatch.setattr(registry, "_targets", {**registry._targets, "docker": DOCKER_BACKEND})
+
+
+def job_containers(engine: Any) -> list[Any]:
+    """Every container a batcat job started that still exists."""
+    from batcat_nb.processing import JOB_LABEL
+
+    return list(engine.containers.list(all=True, filters={"label": JOB_LABEL}))
+
+
+def batcat_command(*args: str) -> list[str]:
+    """``batcat ARGS...`` as a user types it, with the docker backend and ``batcat build``."""
+    return [sys.executable, "-c", BATCAT_WITH_DOCKER, *args]
+
+
+def run_batcat_build(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``batcat build ...`` as a user types it."""
+    return subprocess.run(
+        batcat_command("build", *args), capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+@pytest.fixture
+def s3_bucket(moto_server: str) -> Iterator[str]:
+    """A fresh bucket on the session's moto server."""
+    import uuid
+
+    import boto3
+
+    name = f"batcat-docker-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    yield name
