@@ -18,6 +18,7 @@ from ..manifest import FAILED, KILLED, RUNNING, Manifest
 from ..result import RunResult
 from ..spec import JobSpec
 from ..tracking import Tracker
+from ..worker import JOB_LOG_NAME
 
 log = logging.getLogger("batcat_nb")
 
@@ -71,9 +72,17 @@ class JobHandle(ABC):
     def _fetch_outputs(self) -> Path | None:
         """Bring the notebook output channel where the user wants it; return that directory."""
 
-    @abstractmethod
+    @property
+    def log_path(self) -> Path:
+        """The job's log, kept beside its executed notebook (and logged with the run)."""
+        return Path(self.spec.output_dir) / JOB_LOG_NAME
+
     def logs(self) -> str:
         """The job's log so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
 
     @abstractmethod
     def _stop(self) -> None:

@@ -36,7 +36,6 @@ from ..processing import (
 from ..spec import JobSpec
 from ..storage import is_s3
 from ..tracking import Tracker, run_env
-from ..worker import JOB_LOG_NAME
 from .base import JobHandle
 
 log = logging.getLogger("batcat_nb")
@@ -185,7 +184,6 @@ class DockerHandle(JobHandle):
         stage_files(code_files(Path(spec.notebook), config.includes()), self.job_dir / CODE_CHANNEL)
         (self.job_dir / JOB_CHANNEL).mkdir()
         (self.job_dir / JOB_CHANNEL / "job.json").write_text(json.dumps(spec.worker_job(), indent=2))
-        self._log_path = self.output_dir / JOB_LOG_NAME
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self._done = threading.Event()  # not Thread.join: a join broken by Ctrl-C can lie after
@@ -235,7 +233,7 @@ class DockerHandle(JobHandle):
 
         echo = self.spec.progress or self.spec.log_output
         try:
-            with self._log_path.open("a", encoding="utf-8") as log_file:
+            with self.log_path.open("a", encoding="utf-8") as log_file:
 
                 def on_log(line: str) -> None:
                     log_file.write(line + "\n")
@@ -289,12 +287,6 @@ class DockerHandle(JobHandle):
         if self._outcome is not None:
             return self._outcome.exit_message or self._outcome.failure_reason or ""
         return self._error
-
-    def logs(self) -> str:
-        try:
-            return self._log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def _stop(self) -> None:
         self._stop_event.set()

@@ -24,7 +24,7 @@ from ..manifest import RUNNING, Manifest
 from ..spec import JobSpec
 from ..storage import download, is_s3, upload
 from ..tracking import Tracker, run_env
-from ..worker import JOB_LOG_NAME, TRACKING_FROM_STDIN_ENV
+from ..worker import TRACKING_FROM_STDIN_ENV
 from .base import JobHandle
 from .pool import WorkerPool
 
@@ -105,7 +105,6 @@ class LocalHandle(JobHandle):
         self.layout = JobLayout(self.root)
         self._message = ""
         self._lay_out()
-        self._log_path = self.output_dir / JOB_LOG_NAME
         self._run: _OwnWorker | _PooledWorker | agent.AgentJob
         self._follower: threading.Thread | None = None
         if pool is not None:
@@ -114,11 +113,11 @@ class LocalHandle(JobHandle):
             self._run = agent.AgentJob(self.root, parallel)
             if spec.progress or spec.log_output:
                 self._follower = threading.Thread(
-                    target=_follow, args=(self._log_path, self._run), daemon=True
+                    target=_follow, args=(self.log_path, self._run), daemon=True
                 )
                 self._follower.start()
         else:
-            self._run = _OwnWorker(self.root, self._log_path, spec)
+            self._run = _OwnWorker(self.root, self.log_path, spec)
 
     def _lay_out(self) -> None:
         spec, layout = self.spec, self.layout
@@ -166,12 +165,6 @@ class LocalHandle(JobHandle):
         self._message = message.read_text() if message.exists() else ""
         shutil.rmtree(self.root, ignore_errors=True)
         return self.output_dir
-
-    def logs(self) -> str:
-        try:
-            return self._log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def _stop(self) -> None:
         self._run.stop()

@@ -34,7 +34,6 @@ from .base import JobHandle
 log = logging.getLogger("batcat_nb")
 
 LOG_GROUP = "/aws/sagemaker/ProcessingJobs"
-LOG_NAME = "batcat-job.log"
 STUDIO_METADATA = Path("/opt/ml/metadata/resource-metadata.json")
 TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
 STATUS = {
@@ -408,7 +407,6 @@ class SageMakerHandle(JobHandle):
         self.description: dict[str, Any] = {}
         self.output_dir = Path(spec.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._log_path = self.output_dir / LOG_NAME
         self._log_lines: list[str] = []
         self._echo = on_log or (_echo_stderr if spec.log_output or spec.progress else None)
         self._wake = threading.Event()
@@ -532,7 +530,7 @@ class SageMakerHandle(JobHandle):
         if not lines:
             return
         self._log_lines += lines
-        with self._log_path.open("a", encoding="utf-8") as file:
+        with self.log_path.open("a", encoding="utf-8") as file:
             file.writelines(line + "\n" for line in lines)
         if self._echo is not None:
             for line in lines:
