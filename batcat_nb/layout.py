@@ -47,6 +47,11 @@ class JobLayout:
         """First KB becomes the job's ExitMessage on SageMaker."""
         return self.root / "output" / "message"
 
+    @property
+    def stop_file(self) -> Path:
+        """Written before a warm worker is signalled to stop this job: signals carry no job."""
+        return self.root / "stop-requested"
+
     def resolve(self, channel_path: str) -> Path:
         """``input/<name>`` or ``output/<name>`` to a directory of this layout."""
         return self.root / "processing" / channel_path

@@ -83,6 +83,9 @@ def serve() -> int:
     """Run jobs from stdin until it closes; answer each on stdout."""
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not break the protocol
+    # A signal names no job: one that arrives late, after its job ended, must not end this
+    # process. Between jobs it is ignored; during a job it stops it only if asked in its stop file.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     kernels = KernelSupply(keep_spare=True)
     kernels.prepare("python3")  # the usual kernel, ready for the first job
     try:
@@ -90,7 +93,7 @@ def serve() -> int:
             request = json.loads(line)
             layout = JobLayout(Path(request["root"]))
             job = json.loads(layout.job_file.read_text())
-            worker = Worker(layout, job)
+            worker = Worker(layout, job, stop_requested=layout.stop_file.exists)
             env: Callable[[], dict[str, str]] = functools.partial(dict, request.get("env", {}))
             worker.output_dir.mkdir(parents=True, exist_ok=True)
             with (
@@ -123,12 +126,17 @@ class KernelSupply:
 
     def take(self, name: str) -> Any:
         km, self._spare = self._spare, None
-        if km is None or km.kernel_name != name:
+        try:
+            if km is None or km.kernel_name != name:
+                if km is not None:
+                    _shutdown_kernel(km)
+                km = _start_kernel(name)
+            if self.keep_spare:
+                self._spare = _start_kernel(name)  # boots while this job runs
+        except BaseException:  # a stop during a start: no kernel is left behind
             if km is not None:
                 _shutdown_kernel(km)
-            km = _start_kernel(name)
-        if self.keep_spare:
-            self._spare = _start_kernel(name)  # boots while this job runs
+            raise
         return km
 
     def close(self) -> None:
@@ -140,9 +148,13 @@ class KernelSupply:
 class Worker:
     """Runs one job and always leaves a manifest behind."""
 
-    def __init__(self, layout: JobLayout, job: dict[str, Any]) -> None:
+    def __init__(
+        self, layout: JobLayout, job: dict[str, Any], stop_requested: Callable[[], bool] = lambda: True
+    ) -> None:
+        """``stop_requested()`` tells whether a SIGTERM is meant for this job (always, by default)."""
         self.layout = layout
         self.job = job
+        self.stop_requested = stop_requested
         self.code_dir = layout.input(CODE_CHANNEL)
         self.output_dir = layout.output(job["output_channel"])
         stem = Path(job["notebook"]).stem
@@ -167,6 +179,8 @@ class Worker:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         previous = self._install_signal_handlers()
         try:
+            if self.layout.stop_file.exists():
+                raise JobStopped("stopped before it started")
             self._execute(kernels, job_env, replace_env)
             manifest.status = FINISHED
         except JobStopped as stop:
@@ -188,7 +202,8 @@ class Worker:
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def stop(signum: int, _frame: Any) -> None:
-            raise JobStopped(f"stopped by {signal.Signals(signum).name}")
+            if signum == signal.SIGINT or self.stop_requested():
+                raise JobStopped(f"stopped by {signal.Signals(signum).name}")
 
         def expire(_signum: int, _frame: Any) -> None:
             raise JobStopped(f"timed out after {self.job['timeout']:g}s (--timeout)")

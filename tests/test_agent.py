@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 from conftest import run_batcat, write_notebook
+
+import batcat_nb
 
 pytestmark = pytest.mark.slow
 
@@ -13,6 +18,21 @@ pytestmark = pytest.mark.slow
 def agent_pids() -> list[str]:
     done = run_batcat("agent", "status")
     return [line.split()[2] for line in done.stdout.splitlines() if " pid " in line]
+
+
+def warm_workers() -> set[int]:
+    """The pids of the agent's serve-mode workers (children of the agent processes)."""
+    agents = {int(pid) for pid in agent_pids()}
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent in agents and b"batcat_nb.worker" in command and b"--serve" in command:
+            found.add(int(proc.name))
+    return found
 
 
 def test_a_second_run_reuses_the_agent_with_the_callers_environment_and_directory(
@@ -70,3 +90,51 @@ def test_an_idle_agent_stops_by_itself(project, experiment, monkeypatch, tmp_pat
         time.sleep(0.5)
     assert agent_pids() == []
     assert not list((tmp_path / "agents").glob("*.sock"))
+
+
+def test_a_stop_that_reaches_a_warm_worker_between_jobs_is_ignored(project, experiment, runs_of):
+    nb = write_notebook(project / "nb.ipynb", "x = 1", "x")
+    assert run_batcat("run", str(nb), "-e", experiment).returncode == 0
+    workers = warm_workers()
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)  # as a stop that arrives just after its job ended
+    time.sleep(0.5)
+
+    done = run_batcat("run", str(nb), "-e", experiment, "--grid", "x=1,2,3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert warm_workers() >= workers  # still serving
+    assert {r.info.status for r in runs_of(experiment)} == {"FINISHED"}
+
+
+def test_a_stopped_job_ends_killed_and_its_warm_worker_serves_the_next(project, experiment, runs_of):
+    quick = write_notebook(project / "quick.ipynb", "x = 1", "x")
+    slow = write_notebook(
+        project / "slow.ipynb", None, "import pathlib, time\npathlib.Path('started').touch()\ntime.sleep(60)"
+    )
+    assert run_batcat("run", str(quick), "-e", experiment).returncode == 0
+    workers = warm_workers()
+    handle = batcat_nb.submit(str(slow), experiment=experiment, progress=False)
+    deadline = time.monotonic() + 60
+    while not (project / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    handle.cancel()
+    assert handle.wait().status == "KILLED"
+
+    assert run_batcat("run", str(quick), "-e", experiment).returncode == 0
+    assert warm_workers() >= workers
+    assert [r.info.status for r in runs_of(experiment)] == ["FINISHED", "KILLED", "FINISHED"]
+
+
+def test_a_warm_worker_that_dies_is_replaced_and_no_later_job_is_lost(project, experiment, runs_of):
+    nb = write_notebook(project / "nb.ipynb", "x = 1", "x")
+    assert run_batcat("run", str(nb), "-e", experiment).returncode == 0
+    workers = warm_workers()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+
+    done = run_batcat("run", str(nb), "-e", experiment, "--grid", "x=1,2,3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert warm_workers().isdisjoint(workers)
+    statuses = [r.info.status for r in runs_of(experiment)]
+    assert statuses.count("FINISHED") == 5  # the first run, three children and their parent

@@ -15,9 +15,9 @@ import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from ..layout import ML_ROOT_ENV
+from ..layout import ML_ROOT_ENV, JobLayout
 
 _STOP = None
 
@@ -37,21 +37,23 @@ class WorkerPool:
 
     def grow(self, size: int) -> None:
         """Have at least ``size`` workers."""
-        env = {k: v for k, v in os.environ.items() if k != ML_ROOT_ENV}
         with self._lock:
             while len(self._processes) < size:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "batcat_nb.worker", "--serve"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=self._log,
-                    env=env,
-                    start_new_session=True,
-                )
+                process = self._start_worker()
                 feeder = threading.Thread(target=self._feed, args=(process,), daemon=True)
                 feeder.start()
                 self._processes.append(process)
                 self._feeders.append(feeder)
+
+    def _start_worker(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "batcat_nb.worker", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env={k: v for k, v in os.environ.items() if k != ML_ROOT_ENV},
+            start_new_session=True,
+        )
 
     def dispatch(self, root: Path, env: dict[str, str], replace_env: bool = False) -> Future[int]:
         """Queue the job laid out at ``root``; the future resolves to the worker's exit code.
@@ -63,15 +65,19 @@ class WorkerPool:
         return future
 
     def stop(self, root: Path) -> None:
-        """Stop one job: SIGTERM to the worker running it (it ends KILLED, the worker goes on).
-
-        A job still queued is dropped: its future resolves to -1 without running.
+        """Stop one job: its stop file, then SIGTERM to the worker running it (the job ends
+        KILLED, the worker goes on). A job still queued is dropped: its future resolves to -1.
         """
         with self._lock:
             process = self._running.get(str(root))
             if process is None:
                 self._cancelled.add(str(root))
-        if process is not None and process.poll() is None:
+                return
+        try:
+            JobLayout(root).stop_file.touch()
+        except OSError:
+            return  # the job has ended and its directory is gone
+        if process.poll() is None:
             process.send_signal(signal.SIGTERM)
 
     def close(self) -> None:
@@ -87,9 +93,10 @@ class WorkerPool:
         self._log.close()
 
     def _feed(self, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdin is not None and process.stdout is not None
         while (item := self._jobs.get()) is not _STOP:
             root, options, future = item
+            if process.poll() is not None:  # it died between jobs: this job goes to a new one
+                process = self._replace(process)
             with self._lock:
                 if root in self._cancelled:
                     self._cancelled.discard(root)
@@ -97,18 +104,34 @@ class WorkerPool:
                     continue
                 self._running[root] = process
             try:
-                future.set_result(_ask(process.stdin, process.stdout, {"root": root, **options}))
+                exit_code = _ask(process, {"root": root, **options})
             except (OSError, ValueError) as exc:
+                process = self._replace(process)  # the next jobs get a live worker
                 future.set_exception(exc)
+            else:
+                future.set_result(exit_code)
             finally:
                 with self._lock:
                     self._running.pop(root, None)
 
+    def _replace(self, process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        """A worker that died or broke off a job (killed, out of memory): end it, start another."""
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        replacement = self._start_worker()
+        with self._lock:
+            self._processes[self._processes.index(process)] = replacement
+        return replacement
 
-def _ask(stdin: IO[bytes], stdout: IO[bytes], request: dict[str, Any]) -> int:
-    stdin.write((json.dumps(request) + "\n").encode())
-    stdin.flush()
-    reply = stdout.readline()
+
+def _ask(process: subprocess.Popen[bytes], request: dict[str, Any]) -> int:
+    """Send one job to a serve-mode worker; its exit code once the job is done."""
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write((json.dumps(request) + "\n").encode())
+    process.stdin.flush()
+    reply = process.stdout.readline()
     if not reply:
-        raise OSError("the worker ended without an answer (see the sweep's log)")
+        code = process.wait()
+        raise OSError(f"its worker process ended (exit code {code}) before the job did")
     return int(json.loads(reply)["exit"])
