@@ -12,6 +12,8 @@ from typing import Any
 
 import click
 
+from .errors import UsageError
+
 log = logging.getLogger("batcat_nb")
 
 # option name -> DockerConfig key; only the values given on the command line are passed on.
@@ -68,18 +70,39 @@ def docker_run_options(command: Any) -> Any:
     help="Install from wheels resolved on this host (default: when the build cannot reach an index).",
 )
 @click.option("--rebuild", is_flag=True, help="Build even if the image exists (layer cache applies).")
+@click.option(
+    "--push", is_flag=True, help="Push it for SageMaker (ECR repository batcat-runner, created if missing)."
+)
+@click.option(
+    "--repository", default=None, metavar="URI", help="Push to this repository (HOST/NAME) instead."
+)
+@click.option(
+    "--ecr/--no-ecr",
+    default=None,
+    help="Whether --repository is an ECR repository to create and log in to (default: from its host).",
+)
+@click.option("--region", default=None, help="AWS region of the ECR repository.")
 def build(
     requirements: str | None,
     base_image: str | None,
     extra_tag: str | None,
     wheelhouse: bool | None,
     rebuild: bool,
+    push: bool,
+    repository: str | None,
+    ecr: bool | None,
+    region: str | None,
 ) -> None:
-    """Build the runner image for Docker and SageMaker jobs; print its tag and digest."""
+    """Build the runner image for Docker and SageMaker jobs; print its tag and digest.
+
+    With --push, also push it and print the URI that SageMaker jobs take as --image.
+    """
     from .backends.docker import docker_config
     from .images import ensure_image, find_requirements
     from .processing import docker_client
 
+    if not push and (repository or ecr is not None or region):
+        raise UsageError("--repository, --ecr and --region say where to push; add --push")
     config = docker_config({"base_image": base_image, "requirements": requirements, "wheelhouse": wheelhouse})
     image = ensure_image(
         docker_client(),
@@ -96,6 +119,19 @@ def build(
     if extra_tag:
         click.echo(f"  also    {extra_tag}")
     click.echo(f"  {'built' if image.built else 'reused':<6}  in {image.seconds:.1f}s")
+    if push:
+        _push(image.tag, repository, ecr, region)
+
+
+def _push(local_tag: str, repository: str | None, ecr: bool | None, region: str | None) -> None:
+    from .image_registry import ecr_repository_uri, push_image
+
+    pushed = push_image(local_tag, repository or ecr_repository_uri(region=region), ecr=ecr, region=region)
+    if pushed.pushed:
+        click.echo(f"  pushed  {pushed.uri}  ({pushed.digest})")
+    else:
+        click.echo(f"  pushed  {pushed.uri}  (already in the registry: {pushed.digest})")
+    click.echo(f"  use     --image {pushed.uri}")
 
 
 def _show_step(line: str) -> None:

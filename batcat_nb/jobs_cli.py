@@ -167,11 +167,11 @@ def submit_and_report(request: Any) -> Any:
 @region_option
 def status(job: str, region: str | None) -> None:
     """Status of processing job JOB: state, times, failure reason, outputs."""
-    from .backends import sagemaker
+    from .backends import sagemaker_jobs
 
-    found = sagemaker.describe_job(job, _region(region))
+    found = sagemaker_jobs.describe_job(job, _region(region))
     state = found.get("ProcessingJobStatus", "?")
-    rows = [("status", f"{state} ({sagemaker.STATUS.get(state, '?')})")]
+    rows = [("status", f"{state} ({sagemaker_jobs.STATUS.get(state, '?')})")]
     for label, key in (
         ("created", "CreationTime"),
         ("started", "ProcessingStartTime"),
@@ -185,10 +185,10 @@ def status(job: str, region: str | None) -> None:
     image = found.get("AppSpecification", {}).get("ImageUri")
     if image:
         rows.append(("image", image))
-    rows += [(f"output {name}", uri) for name, uri in sagemaker.output_uris(found).items()]
-    tags = sagemaker.job_tags(found, found.get("ProcessingJobArn", "").split(":")[3] or region)
-    if tags.get(sagemaker.JOB_TAG_RUN_ID):
-        rows.append(("mlflow run", tags[sagemaker.JOB_TAG_RUN_ID]))
+    rows += [(f"output {name}", uri) for name, uri in sagemaker_jobs.output_uris(found).items()]
+    tags = sagemaker_jobs.job_tags(found, found.get("ProcessingJobArn", "").split(":")[3] or region)
+    if tags.get(sagemaker_jobs.JOB_TAG_RUN_ID):
+        rows.append(("mlflow run", tags[sagemaker_jobs.JOB_TAG_RUN_ID]))
     width = max(len(label) for label, _ in rows)
     click.echo(job)
     for label, value in rows:
@@ -202,20 +202,20 @@ def status(job: str, region: str | None) -> None:
 def logs(job: str, follow: bool, region: str | None) -> None:
     """CloudWatch log of processing job JOB."""
     from . import aws
-    from .backends import sagemaker
+    from .backends import sagemaker_jobs
 
     where = _region(region)
-    follower = sagemaker.LogFollower(job, where)
+    follower = sagemaker_jobs.LogFollower(job, where)
     if not follow:
-        sagemaker.describe_job(job, where)  # a name that is no job is said so
+        sagemaker_jobs.describe_job(job, where)  # a name that is no job is said so
         for line in follower.poll():
             click.echo(line)
         return
     for delay in aws.backoff(first=1.0, cap=5.0):
-        state = sagemaker.describe_job(job, where).get("ProcessingJobStatus")
+        state = sagemaker_jobs.describe_job(job, where).get("ProcessingJobStatus")
         for line in follower.poll():
             click.echo(line)
-        if state in sagemaker.TERMINAL:
+        if state in sagemaker_jobs.TERMINAL:
             for line in follower.poll():
                 click.echo(line)
             click.echo(f"{job} {state}", err=True)
@@ -230,9 +230,9 @@ def logs(job: str, follow: bool, region: str | None) -> None:
 @region_option
 def stop(job: str, region: str | None) -> None:
     """Stop processing job JOB (its MLflow run ends KILLED)."""
-    from .backends import sagemaker
+    from .backends import sagemaker_jobs
 
-    if sagemaker.stop_job(job, _region(region)):
+    if sagemaker_jobs.stop_job(job, _region(region)):
         click.echo(f"stopping {job}")
     else:
         click.echo(f"{job} had already ended")
@@ -250,9 +250,9 @@ def stop(job: str, region: str | None) -> None:
 @region_option
 def list_(limit: int, state: str | None, name: str | None, region: str | None) -> None:
     """Recent processing jobs, newest first."""
-    from .backends import sagemaker
+    from .backends import sagemaker_jobs
 
-    jobs = sagemaker.list_jobs(_region(region), limit=limit, status=state, name=name)
+    jobs = sagemaker_jobs.list_jobs(_region(region), limit=limit, status=state, name=name)
     if not jobs:
         click.echo("no processing jobs")
         return
@@ -270,26 +270,26 @@ def list_(limit: int, state: str | None, name: str | None, region: str | None) -
 @region_option
 def download(job: str, output_dir: str | None, region: str | None) -> None:
     """Fetch JOB's executed notebook and outputs; complete its MLflow run."""
-    from . import aws
-    from .backends import sagemaker
+    from . import aws, storage
+    from .backends import sagemaker_jobs
     from .layout import NOTEBOOK_CHANNEL
 
     where = _region(region)
-    found = sagemaker.describe_job(job, where)
+    found = sagemaker_jobs.describe_job(job, where)
     destination = Path(output_dir or Path("batcat-runs") / job).resolve()
     s3 = aws.client("s3", where)
     counts = {}
-    for name, uri in sagemaker.output_uris(found).items():
+    for name, uri in sagemaker_jobs.output_uris(found).items():
         target = destination if name == NOTEBOOK_CHANNEL else destination / name
         try:
-            counts[name] = sagemaker.download_tree(s3, uri, target)
+            counts[name] = storage.download(uri, target, s3, folder=True)
         except Exception as exc:
             raise aws.translate(exc, f"downloading output '{name}' from {uri}") from None
     click.echo(f"{job} -> {destination}")
     for name, count in counts.items():
         click.echo(f"  {name:<10} {count} file(s)")
     state = found.get("ProcessingJobStatus")
-    if state in sagemaker.TERMINAL:
+    if state in sagemaker_jobs.TERMINAL:
         outcome = complete_run(found, destination, where)
         if outcome:
             click.echo(f"  mlflow run {outcome}")
@@ -301,15 +301,15 @@ def complete_run(description: dict[str, Any], output_dir: Path, region: str) -> 
     """Complete the job's MLflow run from the downloaded manifest (once; again changes nothing)."""
     import time
 
-    from .backends import sagemaker
+    from .backends import sagemaker_jobs
     from .manifest import FAILED, KILLED, Manifest
     from .tracking import Tracker, default_tracking_uri
 
-    tags = sagemaker.job_tags(description, region)
-    run_id = tags.get(sagemaker.JOB_TAG_RUN_ID)
+    tags = sagemaker_jobs.job_tags(description, region)
+    run_id = tags.get(sagemaker_jobs.JOB_TAG_RUN_ID)
     if not run_id:
         return None
-    tracker = Tracker(tags.get(sagemaker.JOB_TAG_TRACKING_URI) or default_tracking_uri())
+    tracker = Tracker(tags.get(sagemaker_jobs.JOB_TAG_TRACKING_URI) or default_tracking_uri())
     try:
         manifest = Manifest.read(output_dir)
     except (OSError, ValueError):

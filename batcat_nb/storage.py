@@ -6,7 +6,6 @@ itself does, which is how tests point it at a moto server.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -45,30 +44,37 @@ def check_input(name: str, uri: str) -> None:
         raise UsageError(f"input '{name}': {uri} does not exist (paths are relative to {Path.cwd()})")
 
 
-def download(uri: str, destination: Path) -> None:
-    """Copy every object under the S3 prefix ``uri`` into ``destination``, keeping paths."""
+def download(uri: str, destination: Path, client: Any = None, *, folder: bool = False) -> int:
+    """Every object whose key starts with the S3 prefix ``uri`` into ``destination``, paths kept
+    relative to the prefix, as SageMaker Processing does for an ``S3Prefix`` input; with
+    ``folder``, only what is under ``uri/``. Returns the count."""
     bucket, prefix = split_s3(uri)
-    client = s3_client()
+    if folder and prefix and not prefix.endswith("/"):
+        prefix += "/"
+    client = client or s3_client()
+    count = 0
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             key = item["Key"]
-            relative = key[len(prefix) :].lstrip("/") or key.rsplit("/", 1)[-1]
             if key.endswith("/"):
                 continue
-            target = destination / relative
+            target = destination / (key[len(prefix) :].lstrip("/") or key.rsplit("/", 1)[-1])
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, key, str(target))
+            count += 1
+    return count
 
 
-def upload(source: Path, uri: str) -> None:
-    """Copy every file under ``source`` to the S3 prefix ``uri``, keeping relative paths."""
+def upload(source: Path, uri: str, client: Any = None) -> int:
+    """Every file under ``source`` (or the file itself) to the S3 prefix ``uri``; the count."""
     bucket, prefix = split_s3(uri)
-    client = s3_client()
-    for root, _dirs, files in os.walk(source):
-        for file in files:
-            path = Path(root) / file
-            key = "/".join(filter(None, [prefix.rstrip("/"), path.relative_to(source).as_posix()]))
-            client.upload_file(str(path), bucket, key)
+    prefix = prefix.rstrip("/")
+    client = client or s3_client()
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    for path in files:
+        relative = path.name if path == source else path.relative_to(source).as_posix()
+        client.upload_file(str(path), bucket, f"{prefix}/{relative}" if prefix else relative)
+    return len(files)
 
 
 def _aws_reason(exc: Exception) -> str:

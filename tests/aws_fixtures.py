@@ -88,11 +88,12 @@ def moto_server() -> Iterator[str]:
 def aws_env(moto_server: str) -> Iterator[str]:
     """A test using AWS: fresh batcat clients (they cache the environment they were built in)."""
     from batcat_nb import aws as batcat_aws
+    from batcat_nb import image_registry
     from batcat_nb.backends import sagemaker
 
     batcat_aws.reset()
     sagemaker._checked_buckets.clear()
-    sagemaker._checked_images.clear()
+    image_registry._checked_images.clear()
     yield moto_server
     batcat_aws.reset()
 

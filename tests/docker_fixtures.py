@@ -9,27 +9,19 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_fixtures import moto_server
-from conftest import EXAMPLES, require
+from aws_fixtures import aws_env, local_registry, moto_server
+from conftest import BATCAT, EXAMPLES, require
 
-__all__ = ["docker_backend", "engine", "moto_server", "runner", "s3_bucket"]
+__all__ = ["aws_env", "engine", "local_registry", "moto_server", "runner", "s3_bucket"]
 
 EXAMPLE_REQUIREMENTS = (
     "scikit-learn\npandas\nskops\n"  # notebooks/*.ipynb: imports, mlflow.sklearn (skinny lacks skops)
-)
-DOCKER_BACKEND = "batcat_nb.backends.docker:DockerBackend"
-# The `batcat` command with the docker backend and `batcat build`, as cli.py will register them.
-BATCAT_WITH_DOCKER = (
-    f"from batcat_nb.backends import registry; registry.register('docker', {DOCKER_BACKEND!r}); "
-    "from batcat_nb.cli import cli, main; from batcat_nb.build_cli import build; "
-    "cli.add_command(build); main()"
 )
 
 
@@ -76,14 +68,6 @@ def runner(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Runner:
     return Runner(image, requirements)
 
 
-@pytest.fixture
-def docker_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``backend="docker"`` resolves to the Docker backend (until it is a built-in)."""
-    from batcat_nb.backends import registry
-
-    monkeypatch.setattr(registry, "_targets", {**registry._targets, "docker": DOCKER_BACKEND})
-
-
 def job_containers(engine: Any) -> list[Any]:
     """Every container a batcat job started that still exists."""
     from batcat_nb.processing import JOB_LABEL
@@ -91,16 +75,9 @@ def job_containers(engine: Any) -> list[Any]:
     return list(engine.containers.list(all=True, filters={"label": JOB_LABEL}))
 
 
-def batcat_command(*args: str) -> list[str]:
-    """``batcat ARGS...`` as a user types it, with the docker backend and ``batcat build``."""
-    return [sys.executable, "-c", BATCAT_WITH_DOCKER, *args]
-
-
 def run_batcat_build(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """``batcat build ...`` as a user types it."""
-    return subprocess.run(
-        batcat_command("build", *args), capture_output=True, text=True, timeout=timeout, **kwargs
-    )
+    return subprocess.run([BATCAT, "build", *args], capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 @pytest.fixture

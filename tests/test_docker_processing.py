@@ -113,10 +113,9 @@ def test_stop_sends_sigterm_then_sigkill_and_still_collects_outputs(tmp_path, ru
         if line == "ready":
             stop.set()
 
-    started = time.monotonic()
     outcome = run_request(request, on_log=on_log, stop=stop, stop_grace=1)
     assert outcome.status == "Stopped" and outcome.failure_reason == "stopped by request"
-    assert time.monotonic() - started < 30
+    assert outcome.exit_code == 137  # SIGKILL once the grace ran out, not the end of the sleep
     assert (tmp_path / "out" / "partial.txt").read_text() == "so far"
     assert job_containers(engine) == []
 

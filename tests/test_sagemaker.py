@@ -15,9 +15,9 @@ from aws_fixtures import REGION, ROLE, s3_keys
 from click.testing import CliRunner
 from conftest import write_notebook
 
-from batcat_nb import api, aws
-from batcat_nb.backends import registry
+from batcat_nb import api, aws, image_registry
 from batcat_nb.backends import sagemaker as sm
+from batcat_nb.backends import sagemaker_jobs
 from batcat_nb.errors import UsageError
 from batcat_nb.spec import RunRequest
 
@@ -33,9 +33,7 @@ TRAIN = (
 
 
 @pytest.fixture(autouse=True)
-def sagemaker_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until `sagemaker` is in backends.BUILTIN: the same target, registered for these tests."""
-    monkeypatch.setitem(registry._targets, "sagemaker", "batcat_nb.backends.sagemaker:SageMakerBackend")
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCAT_SAGEMAKER_POLL_INTERVAL", "0.3")
 
 
@@ -123,7 +121,7 @@ def test_notebook_runs_as_a_processing_job_and_completes_its_mlflow_run(
     job_json = json.loads(_s3_text(bucket, f"jobs/{job}/input/batcat/job.json"))
     assert job_json["parameters"] == {"alpha": 2.0}  # parameters travel as a file, not as env
     assert {t["Key"]: t["Value"] for t in sent["Tags"]}["team"] == "ml"
-    assert sm.describe_job(job)["ProcessingJobStatus"] == "Completed"
+    assert sagemaker_jobs.describe_job(job)["ProcessingJobStatus"] == "Completed"
 
     (run,) = runs_of(experiment)
     assert run.info.status == "FINISHED"
@@ -161,7 +159,7 @@ def test_failed_job_shows_the_reason_and_keeps_the_executed_notebook(
     assert result.status == "FAILED"
     assert "ValueError: no data for x" in result.reason
     assert Path(result.output_notebook).exists()  # the failing cell's traceback is in it
-    description = sm.describe_job(result.job_name)
+    description = sagemaker_jobs.describe_job(result.job_name)
     assert description["ProcessingJobStatus"] == "Failed"
     assert description["FailureReason"]
     assert "no data for x" in description["ExitMessage"]
@@ -183,7 +181,7 @@ def test_stop_requested_by_the_user_ends_the_run_killed(
 
     assert result.status == "KILLED"
     assert result.reason == "stopped by the test"
-    assert sm.describe_job(handle.job_name)["ProcessingJobStatus"] == "Stopped"
+    assert sagemaker_jobs.describe_job(handle.job_name)["ProcessingJobStatus"] == "Stopped"
     (run,) = runs_of(experiment)
     assert run.info.status == "KILLED"
 
@@ -611,6 +609,6 @@ def test_batcat_run_backend_sagemaker_from_the_shell(train, options, experiment,
 
 
 def test_default_ecr_repository_is_the_accounts(aws_env):
-    uri = sm.ecr_repository_uri("batcat-runner")
+    uri = image_registry.ecr_repository_uri("batcat-runner")
     assert uri == "123456789012.dkr.ecr.us-east-1.amazonaws.com/batcat-runner"
-    assert sm.ECR_IMAGE.fullmatch(uri + ":tag")
+    assert image_registry.ECR_IMAGE.fullmatch(uri + ":tag")

@@ -16,9 +16,9 @@ from aws_fixtures import *  # noqa: F403  (the fixtures)
 from aws_fixtures import ROLE, docker_available, docker_runner, runner_image, s3_keys
 from conftest import require, write_notebook
 
-from batcat_nb import api
-from batcat_nb.backends import registry
+from batcat_nb import api, image_registry
 from batcat_nb.backends import sagemaker as sm
+from batcat_nb.backends import sagemaker_jobs
 from batcat_nb.spec import RunRequest
 
 pytestmark = pytest.mark.docker
@@ -34,13 +34,13 @@ def runner() -> str:
 
 
 @pytest.fixture(scope="module")
-def pushed(runner: str, local_registry: str, moto_server: str) -> Iterator[sm.PushResult]:
+def pushed(runner: str, local_registry: str, moto_server: str) -> Iterator[image_registry.PushResult]:
     """The runner image pushed once for the module, as `batcat build --push` does (ECR login)."""
     from batcat_nb import aws
 
     aws.reset()
     repository = f"{local_registry}/batcat-runner-{uuid.uuid4().hex[:6]}"
-    result = sm.push_image(runner, repository, ecr=True)
+    result = image_registry.push_image(runner, repository, ecr=True)
     yield result
     aws.reset()
     with contextlib.suppress(Exception):  # the registry's name for the image, not the image
@@ -50,8 +50,7 @@ def pushed(runner: str, local_registry: str, moto_server: str) -> Iterator[sm.Pu
 
 
 @pytest.fixture(autouse=True)
-def sagemaker_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(registry._targets, "sagemaker", "batcat_nb.backends.sagemaker:SageMakerBackend")
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCAT_SAGEMAKER_POLL_INTERVAL", "0.5")
 
 
@@ -72,7 +71,7 @@ def test_push_creates_the_ecr_repository_logs_in_and_skips_what_the_registry_has
     found = boto3.client("ecr").describe_repositories(repositoryNames=[name])["repositories"]
     assert found[0]["repositoryName"] == name  # created because it was missing
 
-    again = sm.push_image(runner, repository, ecr=True)
+    again = image_registry.push_image(runner, repository, ecr=True)
     assert not again.pushed and again.digest == pushed.digest
 
 
@@ -115,7 +114,7 @@ def test_notebook_runs_in_the_runner_image_and_its_run_completes(
     assert sent["AppSpecification"]["ImageUri"] == pushed.uri
     assert sent["Environment"]["MLFLOW_RUN_ID"] == result.run_id  # the job logs to the server itself
     assert fake_sagemaker.outcomes[job].exit_code == 0
-    assert sm.describe_job(job)["ProcessingJobStatus"] == "Completed"
+    assert sagemaker_jobs.describe_job(job)["ProcessingJobStatus"] == "Completed"
     run = MlflowClient(mlflow_server).get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics == {"score": 6.0, "from_inside": 7.0}

@@ -25,24 +25,28 @@ from typing import Any
 
 from .. import aws
 from ..errors import BackendError, UsageError
+from ..image_registry import check_image
 from ..layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
-from ..manifest import FAILED, FINISHED, KILLED, RUNNING
+from ..manifest import FAILED, KILLED, RUNNING
 from ..spec import JobSpec
-from ..storage import is_s3, split_s3
+from ..storage import download, is_s3, split_s3, upload
 from .base import JobHandle
+from .sagemaker_jobs import (
+    JOB_TAG_EXPERIMENT_ID,
+    JOB_TAG_NOTEBOOK,
+    JOB_TAG_RUN_ID,
+    JOB_TAG_TRACKING_URI,
+    STATUS,
+    TERMINAL,
+    LogFollower,
+    console_url,
+    describe_job,
+    stop_job,
+)
 
 log = logging.getLogger("batcat_nb")
 
-LOG_GROUP = "/aws/sagemaker/ProcessingJobs"
 STUDIO_METADATA = Path("/opt/ml/metadata/resource-metadata.json")
-TERMINAL = frozenset({"Completed", "Failed", "Stopped"})
-STATUS = {
-    "InProgress": RUNNING,
-    "Stopping": RUNNING,
-    "Completed": FINISHED,
-    "Failed": FAILED,
-    "Stopped": KILLED,
-}
 STOPPED_BY_USER = "stopped (StopProcessingJob)"
 
 # MLflow tags of a SageMaker run (the job name is also batcat.job_name).
@@ -53,20 +57,7 @@ TAG_CONSOLE = "batcat.sagemaker.console"
 TAG_FAILURE_REASON = "batcat.sagemaker.failure_reason"
 TAG_EXIT_MESSAGE = "batcat.sagemaker.exit_message"
 
-# Tags on the processing job, so that `batcat download JOB` finds the run to complete later.
-JOB_TAG_RUN_ID = "batcat:mlflow-run-id"
-JOB_TAG_EXPERIMENT_ID = "batcat:mlflow-experiment-id"
-JOB_TAG_TRACKING_URI = "batcat:mlflow-tracking-uri"
-JOB_TAG_NOTEBOOK = "batcat:notebook"
 _TAG_VALUE = re.compile(r"[\w\s.:/=+\-@]{0,256}")
-
-ECR_IMAGE = re.compile(
-    r"(?P<registry>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?"
-    r"/(?P<repository>[^:@]+)(?::(?P<tag>[^@]+))?(?:@(?P<digest>.+))?"
-)
-IMAGE_REF = re.compile(
-    r"(?P<host>[^/]+[.:][^/]*|localhost)/(?P<repository>[^:@]+)(?::(?P<tag>[^@]+))?(?:@(?P<digest>.+))?"
-)
 
 
 @dataclasses.dataclass
@@ -222,79 +213,6 @@ def check_bucket(bucket: str, region: str) -> None:
     _checked_buckets.add((bucket, region))
 
 
-_checked_images: set[tuple[str, str]] = set()
-
-
-def check_image(image: str, region: str) -> None:
-    """The image is in its registry (asked once per process): ECR through its API, else over HTTP."""
-    if (image, region) in _checked_images:
-        return
-    ecr = ECR_IMAGE.fullmatch(image)
-    ref = IMAGE_REF.fullmatch(image)
-    if ecr:
-        _check_ecr_image(image, ecr, region)
-    elif ref:
-        _check_registry_image(image, ref)
-    else:
-        raise UsageError(
-            f"image {image!r} names no registry; SageMaker pulls from ECR: push it with "
-            "`batcat build --push` and pass the URI it prints as --image"
-        )
-    _checked_images.add((image, region))
-
-
-def _check_ecr_image(image: str, match: re.Match[str], region: str) -> None:
-    image_id = {"imageDigest": match["digest"]} if match["digest"] else {"imageTag": match["tag"] or "latest"}
-    ecr = aws.client("ecr", match["region"] or region)
-    try:
-        ecr.describe_images(
-            registryId=match["registry"], repositoryName=match["repository"], imageIds=[image_id]
-        )
-    except Exception as exc:
-        code = aws.error_code(exc)
-        if code in ("RepositoryNotFoundException", "ImageNotFoundException"):
-            what = "repository" if code.startswith("Repository") else "image"
-            raise UsageError(
-                f"image {image} is not in the registry ({what} not found); push it with "
-                "`batcat build --push` or pass an existing --image URI"
-            ) from None
-        raise aws.translate(exc, f"looking up image {image}") from None
-
-
-def _check_registry_image(image: str, match: re.Match[str]) -> None:
-    import urllib.error
-    import urllib.request
-
-    reference = match["digest"] or match["tag"] or "latest"
-    host = match["host"]
-    scheme = "http" if host.startswith(("127.", "localhost", "[::1]")) else "https"
-    request = urllib.request.Request(
-        f"{scheme}://{host}/v2/{match['repository']}/manifests/{reference}",
-        method="HEAD",
-        headers={"Accept": ", ".join(_MANIFEST_TYPES)},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10):
-            return
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            raise UsageError(
-                f"image {image} is not in the registry; push it with `batcat build --push` "
-                "or pass an existing --image URI"
-            ) from None
-        log.debug("registry check of %s: HTTP %s; not checked", image, exc.code)  # e.g. 401
-    except (urllib.error.URLError, OSError) as exc:
-        raise UsageError(f"the registry of image {image} does not answer ({exc})") from None
-
-
-_MANIFEST_TYPES = (
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.oci.image.index.v1+json",
-)
-
-
 def _env_pairs(value: dict[str, str] | str | None) -> dict[str, str]:
     if not value:
         return {}
@@ -388,12 +306,6 @@ def _request(spec: JobSpec, resolved: _Resolved, tracking_env: dict[str, str]) -
     return request
 
 
-def console_url(region: str, job_name: str) -> str:
-    return (
-        f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/processing-jobs/{job_name}"
-    )
-
-
 class SageMakerHandle(JobHandle):
     """A job staged in S3; the processing job is created once its MLflow run exists."""
 
@@ -435,7 +347,7 @@ class SageMakerHandle(JobHandle):
             s3.put_object(Bucket=job_bucket, Key=job_key + "job.json", Body=body)
             for name, source in spec.inputs.items():
                 if not is_s3(source):
-                    upload_tree(s3, Path(source), self._inputs[name])
+                    upload(Path(source), self._inputs[name], s3)
         except Exception as exc:
             raise aws.translate(
                 exc, f"staging {spec.job_name} in {resolved.job_uri(spec.job_name)}"
@@ -552,10 +464,10 @@ class SageMakerHandle(JobHandle):
             )
         s3 = aws.client("s3", self.region)
         try:
-            download_tree(s3, self._outputs[NOTEBOOK_CHANNEL], self.output_dir)
+            download(self._outputs[NOTEBOOK_CHANNEL], self.output_dir, s3, folder=True)
             for name, destination in self.spec.outputs.items():
                 if not is_s3(destination):
-                    download_tree(s3, self._outputs[name], Path(destination))
+                    download(self._outputs[name], Path(destination), s3, folder=True)
         except Exception as exc:
             log.warning("could not fetch the outputs of %s: %s", self.job_name, aws.reason(exc))
         return self.output_dir
@@ -581,261 +493,3 @@ class SageMakerHandle(JobHandle):
 def _echo_stderr(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
-
-
-# ---------------------------------------------------------------------------------------------
-# Jobs by name: what `batcat status/logs/stop/list/download` use.
-
-
-def describe_job(job_name: str, region: str | None = None) -> dict[str, Any]:
-    sagemaker = aws.client("sagemaker", region)
-    try:
-        return dict(aws.retry_call(sagemaker.describe_processing_job, ProcessingJobName=job_name))
-    except Exception as exc:
-        if aws.error_code(exc) == "ValidationException" and "not find" in aws.reason(exc).lower():
-            raise UsageError(
-                f"no processing job named {job_name!r}; `batcat list` shows the recent ones"
-            ) from None
-        raise aws.translate(exc, f"describing {job_name}") from exc
-
-
-def stop_job(job_name: str, region: str | None = None) -> bool:
-    """Ask SageMaker to stop the job; False when it had already ended."""
-    sagemaker = aws.client("sagemaker", region)
-    try:
-        aws.retry_call(sagemaker.stop_processing_job, ProcessingJobName=job_name)
-    except Exception as exc:
-        if aws.error_code(exc) == "ValidationException":
-            status = describe_job(job_name, region).get("ProcessingJobStatus")
-            if status in TERMINAL or status == "Stopping":
-                return False
-        raise aws.translate(exc, f"stopping {job_name}") from None
-    return True
-
-
-def list_jobs(
-    region: str | None = None, limit: int = 20, status: str | None = None, name: str | None = None
-) -> list[dict[str, Any]]:
-    """The most recent processing jobs, newest first."""
-    sagemaker = aws.client("sagemaker", region)
-    query: dict[str, Any] = {
-        "SortBy": "CreationTime",
-        "SortOrder": "Descending",
-        "MaxResults": min(limit, 100),
-    }
-    if status:
-        query["StatusEquals"] = status
-    if name:
-        query["NameContains"] = name
-    found: list[dict[str, Any]] = []
-    try:
-        for page in sagemaker.get_paginator("list_processing_jobs").paginate(**query):
-            found += page.get("ProcessingJobSummaries", [])
-            if len(found) >= limit:
-                break
-    except Exception as exc:
-        raise aws.translate(exc, "listing processing jobs") from None
-    found.sort(key=lambda job: job.get("CreationTime") or 0, reverse=True)
-    return found[:limit]
-
-
-def output_uris(description: dict[str, Any]) -> dict[str, str]:
-    """Output channel name -> S3 URI, from a DescribeProcessingJob answer."""
-    outputs = description.get("ProcessingOutputConfig", {}).get("Outputs", [])
-    return {o["OutputName"]: o["S3Output"]["S3Uri"] for o in outputs if "S3Output" in o}
-
-
-def job_tags(description: dict[str, Any], region: str | None = None) -> dict[str, str]:
-    tags = description.get("Tags")
-    if tags is None:
-        try:
-            tags = aws.client("sagemaker", region).list_tags(ResourceArn=description["ProcessingJobArn"])[
-                "Tags"
-            ]
-        except Exception as exc:
-            log.debug("tags of %s: %s", description.get("ProcessingJobName"), aws.reason(exc))
-            tags = []
-    return {t["Key"]: t["Value"] for t in tags}
-
-
-class LogFollower:
-    """New CloudWatch log events of a job's streams (``<job>/algo-N-...``), oldest first."""
-
-    def __init__(self, job_name: str, region: str | None = None) -> None:
-        self.job_name = job_name
-        self.logs = aws.client("logs", region)
-        self._tokens: dict[str, str | None] = {}
-
-    def poll(self) -> list[str]:
-        try:
-            streams = self._streams()
-        except Exception as exc:
-            if aws.error_code(exc) != "ResourceNotFoundException":
-                log.debug("log streams of %s: %s", self.job_name, aws.reason(exc))
-            return []
-        lines: list[str] = []
-        for stream in streams:
-            events = self._new_events(stream)
-            prefix = f"[{stream.split('/', 1)[-1]}] " if len(streams) > 1 else ""
-            lines += [prefix + e["message"].rstrip("\n") for e in events]
-        return lines
-
-    def _streams(self) -> list[str]:
-        names: list[str] = []
-        paginator = self.logs.get_paginator("describe_log_streams")
-        for page in paginator.paginate(logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/"):
-            names += [s["logStreamName"] for s in page.get("logStreams", [])]
-        return sorted(names)
-
-    def _new_events(self, stream: str) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        token = self._tokens.get(stream)
-        while True:
-            query: dict[str, Any] = {
-                "logGroupName": LOG_GROUP,
-                "logStreamName": stream,
-                "startFromHead": True,
-            }
-            if token:
-                query["nextToken"] = token
-            try:
-                page = self.logs.get_log_events(**query)
-            except Exception as exc:
-                log.debug("log events of %s: %s", stream, aws.reason(exc))
-                break
-            events += page.get("events", [])
-            following = page.get("nextForwardToken")
-            if not page.get("events") or following == token:
-                token = following or token
-                break
-            token = following
-        self._tokens[stream] = token
-        return events
-
-
-# ---------------------------------------------------------------------------------------------
-# S3 trees
-
-
-def upload_tree(s3: Any, source: Path, uri: str) -> int:
-    """Every file under ``source`` (or the file itself) to the S3 prefix ``uri``; the count."""
-    bucket, prefix = split_s3(uri)
-    prefix = prefix.rstrip("/")
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
-    for path in files:
-        relative = path.name if path == source else path.relative_to(source).as_posix()
-        s3.upload_file(str(path), bucket, f"{prefix}/{relative}" if prefix else relative)
-    return len(files)
-
-
-def download_tree(s3: Any, uri: str, destination: Path) -> int:
-    """Every object under the S3 prefix ``uri`` into ``destination``, keeping paths; the count."""
-    bucket, prefix = split_s3(uri)
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    count = 0
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            key = item["Key"]
-            relative = key[len(prefix) :]
-            if not relative or key.endswith("/"):
-                continue
-            target = destination / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, key, str(target))
-            count += 1
-    return count
-
-
-# ---------------------------------------------------------------------------------------------
-# Images: push the runner image to ECR (or any registry) for `batcat build --push`.
-
-
-@dataclasses.dataclass
-class PushResult:
-    uri: str  # repository:tag, what --image takes
-    digest: str | None  # sha256:... in the registry
-    pushed: bool  # False when the registry already had that digest
-
-
-def push_image(
-    local_tag: str, repository_uri: str, *, ecr: bool | None = None, region: str | None = None
-) -> PushResult:
-    """Push a local image to ``repository_uri`` (``host/name[:tag]``), unless it is there already.
-
-    For ECR (``ecr=None`` decides from the host) the repository is created when missing and
-    the login comes from ``get_authorization_token``. The push is skipped when the registry's
-    digest for the tag is one this image already has.
-    """
-    import base64
-
-    from ..processing import docker_client
-
-    engine = docker_client()
-    try:
-        image = engine.images.get(local_tag)
-    except Exception as exc:
-        if type(exc).__name__ == "ImageNotFound":
-            raise UsageError(f"no local image {local_tag!r}; build it first (batcat build)") from None
-        raise BackendError(f"cannot read local image {local_tag!r}: {exc}") from None
-    repository, _, tag = (
-        repository_uri.rpartition(":") if _has_tag(repository_uri) else (repository_uri, "", "")
-    )
-    tag = tag or (local_tag.rpartition(":")[2] if ":" in local_tag.rsplit("/", 1)[-1] else "latest")
-    host, _, name = repository.partition("/")
-    use_ecr = bool(ECR_IMAGE.fullmatch(f"{repository}:{tag}")) if ecr is None else ecr
-    auth = None
-    if use_ecr:
-        client = aws.client("ecr", region)
-        try:
-            client.create_repository(repositoryName=name, imageScanningConfiguration={"scanOnPush": False})
-            log.info("created ECR repository %s", name)
-        except Exception as exc:
-            if aws.error_code(exc) != "RepositoryAlreadyExistsException":
-                raise aws.translate(exc, f"creating ECR repository {name}") from None
-        try:
-            data = client.get_authorization_token()["authorizationData"][0]
-        except Exception as exc:
-            raise aws.translate(exc, "logging in to ECR") from None
-        user, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
-        auth = {"username": user, "password": password}
-    target = f"{repository}:{tag}"
-    remote = _remote_digest(engine, target, auth)
-    local = {
-        d.partition("@")[2] for d in image.attrs.get("RepoDigests", []) if d.partition("@")[0] == repository
-    }
-    if remote and remote in local:
-        log.info("%s already has %s; not pushed", target, remote)
-        return PushResult(target, remote, pushed=False)
-    image.tag(repository, tag)
-    digest = None
-    for line in engine.api.push(repository, tag=tag, auth_config=auth, stream=True, decode=True):
-        if "error" in line:
-            raise BackendError(f"pushing {target} failed: {line['error']}")
-        digest = line.get("aux", {}).get("Digest", digest)
-    log.info("pushed %s (%s) to %s", local_tag, digest, host)
-    return PushResult(target, digest, pushed=True)
-
-
-def ecr_repository_uri(name: str = "batcat-runner", region: str | None = None) -> str:
-    """``<account>.dkr.ecr.<region>.amazonaws.com/<name>`` for these credentials (one STS call)."""
-    where = aws.resolve_region(region)
-    try:
-        account = aws.client("sts", where).get_caller_identity()["Account"]
-    except Exception as exc:
-        raise aws.translate(exc, "finding the AWS account for the ECR repository") from None
-    return f"{account}.dkr.ecr.{where}.amazonaws.com/{name}"
-
-
-def _has_tag(uri: str) -> bool:
-    return ":" in uri.rsplit("/", 1)[-1]
-
-
-def _remote_digest(engine: Any, target: str, auth: dict[str, str] | None) -> str | None:
-    try:
-        found = engine.api.inspect_distribution(target, auth_config=auth)
-    except Exception as exc:  # not there (or not readable): push
-        log.debug("registry digest of %s: %s", target, exc)
-        return None
-    digest = found.get("Descriptor", {}).get("digest")
-    return str(digest) if digest else None
