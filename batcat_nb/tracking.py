@@ -42,6 +42,8 @@ TAG_ERROR_CELL = "batcat.error.cell_index"
 TAG_ERROR_NAME = "batcat.error.ename"
 TAG_ERROR_VALUE = "batcat.error.evalue"
 TAG_COMPLETED = "batcat.completed"
+TAG_IMAGE = "batcat.image"  # the image the job ran in: a local tag or a registry URI
+TAG_IMAGE_DIGEST = "batcat.image.digest"
 
 _PARAM_MAX = 6000  # MLflow's limit on a parameter value
 _TAG_MAX = 5000

@@ -20,6 +20,7 @@ from batcat_nb.backends import sagemaker as sm
 from batcat_nb.backends import sagemaker_jobs
 from batcat_nb.errors import UsageError
 from batcat_nb.spec import RunRequest
+from batcat_nb.tracking import TAG_IMAGE
 
 RUNNER_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/batcat-runner:test"
 
@@ -130,7 +131,7 @@ def test_notebook_runs_as_a_processing_job_and_completes_its_mlflow_run(
     tags = run.data.tags
     assert tags[sm.TAG_JOB_ARN].endswith(f":processing-job/{job}")
     assert tags[sm.TAG_REGION] == REGION
-    assert tags[sm.TAG_IMAGE] == RUNNER_URI
+    assert tags[TAG_IMAGE] == RUNNER_URI
     assert f"#/processing-jobs/{job}" in tags[sm.TAG_CONSOLE]
     artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
     assert {"train.ipynb", "train.html", "batcat-manifest.json", "batcat-job.log"} <= artifacts

@@ -17,9 +17,9 @@ from aws_fixtures import ROLE, docker_available, docker_runner, runner_image, s3
 from conftest import require, write_notebook
 
 from batcat_nb import api, image_registry
-from batcat_nb.backends import sagemaker as sm
 from batcat_nb.backends import sagemaker_jobs
 from batcat_nb.spec import RunRequest
+from batcat_nb.tracking import TAG_IMAGE
 
 pytestmark = pytest.mark.docker
 
@@ -118,4 +118,4 @@ def test_notebook_runs_in_the_runner_image_and_its_run_completes(
     run = MlflowClient(mlflow_server).get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics == {"score": 6.0, "from_inside": 7.0}
-    assert run.data.tags[sm.TAG_IMAGE] == pushed.uri
+    assert run.data.tags[TAG_IMAGE] == pushed.uri

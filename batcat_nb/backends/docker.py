@@ -35,7 +35,7 @@ from ..processing import (
 )
 from ..spec import JobSpec
 from ..storage import is_s3
-from ..tracking import Tracker, run_env
+from ..tracking import TAG_IMAGE, TAG_IMAGE_DIGEST, Tracker, run_env
 from .base import JobHandle
 
 log = logging.getLogger("batcat_nb")
@@ -176,7 +176,7 @@ class DockerHandle(JobHandle):
                 on_log=self._show_step if spec.progress or spec.log_output else None,
             )
         # The run is created after submit, with the spec's tags: the image is part of its provenance.
-        spec.tags.update({images.TAG_IMAGE: self.image.tag, images.TAG_IMAGE_DIGEST: self.image.digest})
+        spec.tags.update({TAG_IMAGE: self.image.tag, TAG_IMAGE_DIGEST: self.image.digest})
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # The code channel holds what SageMaker's would: the notebook and the --include'd files.
         self.job_dir = Path(tempfile.mkdtemp(prefix=f"batcat-{spec.job_name}-job-"))

@@ -30,6 +30,7 @@ from ..layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
 from ..manifest import FAILED, KILLED, RUNNING
 from ..spec import JobSpec
 from ..storage import download, is_s3, split_s3, upload
+from ..tracking import TAG_IMAGE
 from .base import JobHandle
 from .sagemaker_jobs import (
     JOB_TAG_EXPERIMENT_ID,
@@ -52,7 +53,6 @@ STOPPED_BY_USER = "stopped (StopProcessingJob)"
 # MLflow tags of a SageMaker run (the job name is also batcat.job_name).
 TAG_JOB_ARN = "batcat.sagemaker.job_arn"
 TAG_REGION = "batcat.sagemaker.region"
-TAG_IMAGE = "batcat.sagemaker.image"
 TAG_CONSOLE = "batcat.sagemaker.console"
 TAG_FAILURE_REASON = "batcat.sagemaker.failure_reason"
 TAG_EXIT_MESSAGE = "batcat.sagemaker.exit_message"
