@@ -23,7 +23,8 @@ from IPython.core.error import UsageError as IPythonUsageError
 from batcat_nb import magics as magics_module
 from batcat_nb.backends import BackendRegistry
 from batcat_nb.backends.base import JobHandle
-from batcat_nb.magics import BatcatMagics, SkippedRun, name_value_pairs
+from batcat_nb.magic_jobs import SkippedRun
+from batcat_nb.magics import BatcatMagics, name_value_pairs
 from batcat_nb.manifest import FINISHED, KILLED, RUNNING, Manifest
 from batcat_nb.notebook_path import current_notebook, existing_notebook, notebook_from_servers
 from batcat_nb.result import INTERRUPTED, RunResult
