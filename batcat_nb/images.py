@@ -142,7 +142,8 @@ def resolve_base_image(client: Any, name: str | None) -> tuple[str, str]:
 
 
 def definition_dir() -> Path:
-    """The directory holding the runner image's Dockerfile: packaged, else ``docker/`` beside the package."""
+    """The runner image's Dockerfile and its files: ``$BATCAT_DOCKER_DIR``, else the copy installed
+    with the package (``batcat_nb/docker``), else ``docker/`` of a source checkout."""
     package = Path(__file__).resolve().parent
     candidates = [Path(os.environ["BATCAT_DOCKER_DIR"])] if os.environ.get("BATCAT_DOCKER_DIR") else []
     candidates += [package / "docker", package.parent / "docker"]
@@ -150,8 +151,9 @@ def definition_dir() -> Path:
         if all((directory / name).is_file() for name in _DEFINITION):
             return directory
     raise UsageError(
-        f"the runner image definition (Dockerfile, runtime-requirements.txt) is not in {candidates[-1]}; "
-        "set BATCAT_DOCKER_DIR to batcat_nb's docker/ directory"
+        f"the runner image definition ({', '.join(_DEFINITION)}) is in none of "
+        f"{', '.join(map(str, candidates))}; reinstall batcat_nb, "
+        "or set BATCAT_DOCKER_DIR to a directory with them"
     )
 
 
