@@ -19,24 +19,16 @@ from pathlib import Path
 
 from workspace import BIN, NOTEBOOK, scratch_project
 
-# `batcat` as cli.py will be wired: the docker backend and `batcat build` registered.
-BATCAT = (
-    "from batcat_nb.backends import registry; "
-    "registry.register('docker', 'batcat_nb.backends.docker:DockerBackend'); "
-    "from batcat_nb.cli import cli, main; from batcat_nb.build_cli import build; "
-    "cli.add_command(build); main()"
-)
-
 
 def batcat(*args: str) -> list[str]:
-    return [str(BIN / "python"), "-c", BATCAT, *args]
+    return [str(BIN / "batcat"), *args]
 
 
 def timed(command: list[str], cwd: Path, **env: str) -> float:
     started = time.perf_counter()
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**os.environ, **env})
     if done.returncode != 0:
-        sys.exit(f"{' '.join(command[3:])} failed:\n{done.stdout}{done.stderr}")
+        sys.exit(f"{' '.join(command[1:])} failed:\n{done.stdout}{done.stderr}")
     return time.perf_counter() - started
 
 

@@ -127,9 +127,7 @@ def main() -> None:
 def run(work: Path, image: str, jobs: int) -> None:
     import batcat_nb
     from batcat_nb import aws
-    from batcat_nb.backends import registry
 
-    registry.register("sagemaker", "batcat_nb.backends.sagemaker:SageMakerBackend")  # until built in
     counter = CallCounter()
     aws.reset()
     for region in (None, REGION):
