@@ -125,8 +125,8 @@ class Job:
 class StateLine:
     """A line under the cell with a remote job's state, updated in place while the run waits.
 
-    The state is the handle's ``state()`` when it has one (the service's own words: Starting,
-    Downloading, InProgress...), polled every ``interval`` seconds; else RUNNING until the end.
+    The state is the handle's ``state()`` when it has one (the service's own words: SageMaker's
+    Staging, InProgress, Stopping), polled every ``interval`` seconds; else RUNNING until the end.
     The job's log lines are the backend's to show (they echo them while ``wait()`` runs).
     """
 

@@ -37,20 +37,26 @@ import pytest
 from conftest import free_port
 
 from batcat_nb.processing import ProcessingOutcome
+from batcat_nb.storage import download, upload
 
 __all__ = [
     "REGION",
     "ROLE",
+    "RUNNER_URI",
     "aws_env",
     "bucket",
+    "ecr_image",
     "fake_sagemaker",
     "local_registry",
     "moto_server",
+    "options",
     "s3_keys",
+    "sagemaker_env",
 ]
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/batcat-tests"
+RUNNER_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/batcat-runner:test"
 CONTAINER_ML = "/opt/ml"
 
 AWS_TEST_ENV = {
@@ -108,6 +114,39 @@ def bucket(aws_env: str) -> str:
     return name
 
 
+@pytest.fixture
+def ecr_image(aws_env: str) -> str:
+    """The runner image as moto's ECR knows it (the subprocess runner does not pull it)."""
+    import boto3
+
+    ecr = boto3.client("ecr")
+    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
+        ecr.create_repository(repositoryName="batcat-runner")
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}
+    with contextlib.suppress(ecr.exceptions.ImageAlreadyExistsException):
+        ecr.put_image(repositoryName="batcat-runner", imageManifest=json.dumps(manifest), imageTag="test")
+    return RUNNER_URI
+
+
+@pytest.fixture
+def options(bucket: str, ecr_image: str) -> dict[str, Any]:
+    return {
+        "role": ROLE,
+        "s3_prefix": f"s3://{bucket}/jobs",
+        "image": ecr_image,
+        "instance_type": "ml.t3.medium",
+    }
+
+
+@pytest.fixture
+def sagemaker_env(options: dict[str, Any], fake_sagemaker: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`-b sagemaker` works with no more options: they come from BATCAT_SAGEMAKER_*."""
+    for name, value in options.items():
+        monkeypatch.setenv(f"BATCAT_SAGEMAKER_{name.upper()}", value)
+    monkeypatch.setenv("BATCAT_SAGEMAKER_POLL_INTERVAL", "0.3")
+    return fake_sagemaker
+
+
 def s3_keys(bucket: str, prefix: str = "") -> list[str]:
     import boto3
 
@@ -156,7 +195,8 @@ def subprocess_runner(
     try:
         for channel in request.get("ProcessingInputs", []):
             source = channel["S3Input"]
-            _download(s3, source["S3Uri"], _local(root, source["LocalPath"]))
+            _local(root, source["LocalPath"]).mkdir(parents=True, exist_ok=True)
+            download(source["S3Uri"], _local(root, source["LocalPath"]), s3)
         outputs = request["ProcessingOutputConfig"]["Outputs"]
         for channel in outputs:
             _local(root, channel["S3Output"]["LocalPath"]).mkdir(parents=True, exist_ok=True)
@@ -182,7 +222,7 @@ def subprocess_runner(
             on_log(line.rstrip("\n"))
         code = process.wait()
         for channel in outputs:
-            _upload(s3, _local(root, channel["S3Output"]["LocalPath"]), channel["S3Output"]["S3Uri"])
+            upload(_local(root, channel["S3Output"]["LocalPath"]), channel["S3Output"]["S3Uri"], s3)
         message_file = root / "output" / "message"
         message = message_file.read_bytes()[:1024].decode(errors="ignore") if message_file.exists() else ""
         if stop.is_set():
@@ -204,24 +244,6 @@ def _stop_on(stop: threading.Event, process: subprocess.Popen[str]) -> None:
 
 def _local(root: Path, container_path: str) -> Path:
     return root / Path(container_path).relative_to(CONTAINER_ML)
-
-
-def _download(s3: Any, uri: str, destination: Path) -> None:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    destination.mkdir(parents=True, exist_ok=True)
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            relative = item["Key"][len(prefix) :].lstrip("/") or item["Key"].rsplit("/", 1)[-1]
-            target = destination / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, item["Key"], str(target))
-
-
-def _upload(s3: Any, source: Path, uri: str) -> None:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
-        key = "/".join(filter(None, [prefix.rstrip("/"), path.relative_to(source).as_posix()]))
-        s3.upload_file(str(path), bucket, key)
 
 
 class FakeSageMaker:

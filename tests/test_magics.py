@@ -1,107 +1,40 @@
 """The magics in an IPython shell in this process: parsing, mistakes, jobs, runs, detection.
 
-Jobs here go to a fake remote backend (quick, and it exercises the state display that remote
-backends get); the magics against real kernels and real jobs are in test_magics_kernel.py.
+Remote jobs go to the SageMaker backend against a moto server whose processing jobs run the
+worker in a subprocess (tests/aws_fixtures.py); local ones to real kernels. The magics inside
+real kernels are in test_magics_kernel.py.
 """
 
 from __future__ import annotations
 
+import _thread
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_fixtures import *  # noqa: F403  (the fixtures)
 from conftest import EXAMPLES, REPO, write_notebook
 from IPython.core.error import UsageError as IPythonUsageError
+from IPython.utils.capture import capture_output
 
 from batcat_nb import magics as magics_module
-from batcat_nb.backends import BackendRegistry
-from batcat_nb.backends.base import JobHandle
 from batcat_nb.magic_jobs import SkippedRun
 from batcat_nb.magics import BatcatMagics, name_value_pairs
-from batcat_nb.manifest import FINISHED, KILLED, RUNNING, Manifest
+from batcat_nb.manifest import FINISHED, KILLED, RUNNING
 from batcat_nb.notebook_path import current_notebook, existing_notebook, notebook_from_servers
 from batcat_nb.result import INTERRUPTED, RunResult
 from batcat_nb.worker import IN_JOB_ENV
 
 HELLO = EXAMPLES / "hello.ipynb"
 MAGICS_DIR = REPO / "magics"
-
-
-# --------------------------------------------------------------------------- a fake remote backend
-
-
-class FakeRemoteBackend:
-    """Runs nothing: its job reports RUNNING for a few looks, logging, then FINISHED."""
-
-    name = "fake-remote"
-
-    def validate(self, spec: Any) -> None:
-        pass
-
-    def submit(self, spec: Any) -> FakeRemoteHandle:
-        return FakeRemoteHandle(spec)
-
-
-class FakeRemoteHandle(JobHandle):
-    looks_to_finish = 4
-    interrupt_at_look: int | None = None
-
-    def __init__(self, spec: Any) -> None:
-        super().__init__(spec)
-        self.looks = 0
-        self.stopped = False
-        self.log = ""
-
-    def _on_attach(self) -> None:
-        self.log += "job accepted\n"
-
-    def status(self) -> str:
-        if self.stopped:
-            return KILLED
-        self.looks += 1
-        if self.looks == self.interrupt_at_look:
-            raise KeyboardInterrupt
-        if self.looks >= self.looks_to_finish:
-            return FINISHED
-        self.log += f"look {self.looks}: Processing\n"
-        return RUNNING
-
-    def state(self) -> str:
-        """The service's own word for the state, as a remote backend may offer it."""
-        return "Stopping" if self.stopped else ("Starting" if self.looks < 2 else "InProgress")
-
-    def _wait_for_exit(self, timeout: float | None) -> bool:
-        deadline = time.monotonic() + (timeout if timeout is not None else 60)
-        while self.status() == RUNNING:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-    def _fetch_outputs(self) -> Path:
-        out = Path(self.spec.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        now = time.time()
-        status = KILLED if self.stopped else FINISHED
-        metrics = {} if self.stopped else {"score": [(0.9, 0)]}
-        parameters = self.spec.recorded_parameters
-        manifest = Manifest(self.job_name, status, parameters=parameters, metrics=metrics, started_at=now - 1)
-        manifest.ended_at = now
-        manifest.write(out)
-        return out
-
-    def logs(self) -> str:
-        return self.log
-
-    def _stop(self) -> None:
-        self.stopped = True
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -123,16 +56,21 @@ def ip(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture
 def magics(ip: Any, project: Path, monkeypatch: pytest.MonkeyPatch) -> BatcatMagics:
-    """Fresh magics (no jobs yet) whose API sees the fake remote backend too."""
-    registry = BackendRegistry()
-    registry.register("fake-remote", f"{__name__}:FakeRemoteBackend")
-    monkeypatch.setattr("batcat_nb.api.registry", registry)
+    """Fresh magics (no jobs yet)."""
     for name in (IN_JOB_ENV, "JPY_SESSION_NAME"):
         monkeypatch.delenv(name, raising=False)
     ip.user_ns.pop("__vsc_ipynb_file__", None)
     found = BatcatMagics(shell=ip, poll_interval=0.01)
     ip.register_magics(found)
     return found
+
+
+@pytest.fixture
+def slow(project: Path) -> Path:
+    """A notebook that says it started, then runs for a minute."""
+    return write_notebook(
+        project / "slow.ipynb", None, "print('started', flush=True)", "import time\ntime.sleep(60)"
+    )
 
 
 def line(ip: Any, magic: str, text: str = "") -> Any:
@@ -153,11 +91,11 @@ def test_p_name_equals_value_becomes_papermills_name_value_pair() -> None:
 
 def test_python_values_expand_in_the_line_and_both_parameter_forms_reach_the_run(ip, magics, experiment):
     ip.user_ns["alpha"] = 0.25
-    ip.run_cell(f"result = %batcat_run {HELLO} -p alpha=$alpha -p n {{1 + 2}} -b fake-remote -e {experiment}")
+    ip.run_cell(f"result = %batcat_run {HELLO} -p alpha=$alpha -p n {{1 + 2}} -e {experiment}")
     result = ip.user_ns["result"]
     assert isinstance(result, RunResult) and result.status == FINISHED
     assert result.parameters == {"alpha": "0.25", "n": "3"}
-    assert result.metrics == {"score": 0.9}
+    assert "0.75" in Path(result.output_notebook).read_text()  # alpha * n, printed by the notebook
 
 
 @pytest.mark.parametrize(
@@ -193,16 +131,18 @@ def test_help_lists_the_cli_options_and_the_magics_own(ip, magics, capsys):
     assert "Usage: %batcat_run [OPTIONS] NOTEBOOK" in out and "--experiment" in out and "--no-wait" in out
 
 
-def test_the_configured_default_backend_is_used_when_the_line_names_none(ip, magics, experiment):
-    ip.config.BatcatMagics.default_backend = "fake-remote"  # c.BatcatMagics.default_backend = ...
+def test_the_configured_default_backend_is_used_when_the_line_names_none(
+    ip, magics, experiment, sagemaker_env
+):
+    ip.config.BatcatMagics.default_backend = "sagemaker"  # c.BatcatMagics.default_backend = ...
     try:
         configured = BatcatMagics(shell=ip, poll_interval=0.01)
     finally:
         del ip.config.BatcatMagics["default_backend"]
     ip.register_magics(configured)
-    assert configured.default_backend == "fake-remote"
+    assert configured.default_backend == "sagemaker"
     result = line(ip, "batcat_run", f"{HELLO} -e {experiment}")
-    assert result.backend == "fake-remote"
+    assert result.backend == "sagemaker" and result.status == FINISHED
     configured.default_backend = "nope"
     with pytest.raises(IPythonUsageError, match="unknown backend 'nope'"):
         line(ip, "batcat_run", f"{HELLO} -e {experiment}")
@@ -211,10 +151,10 @@ def test_the_configured_default_backend_is_used_when_the_line_names_none(ip, mag
 # --------------------------------------------------------------------------- jobs
 
 
-def test_a_remote_job_shows_its_state_while_the_run_waits(ip, magics, experiment, capsys):
-    result = line(ip, "batcat_run", f"{HELLO} -b fake-remote -e {experiment}")
+def test_a_remote_job_shows_its_state_while_the_run_waits(ip, magics, experiment, sagemaker_env, capsys):
+    result = line(ip, "batcat_run", f"{HELLO} -b sagemaker -e {experiment}")
     shown = [
-        text.split(" on ")[0] for text in capsys.readouterr().out.splitlines() if " on fake-remote " in text
+        text.split(" on ")[0] for text in capsys.readouterr().out.splitlines() if " on sagemaker " in text
     ]
     assert result.status == FINISHED
     states = [text.removeprefix(f"{result.job_name}: ") for text in shown]
@@ -223,44 +163,53 @@ def test_a_remote_job_shows_its_state_while_the_run_waits(ip, magics, experiment
     assert ip.display_formatter.format(result)[0]["text/plain"] == str(result)  # terminals: the summary
 
 
-def test_no_wait_returns_the_job_which_completes_its_run_on_its_own(ip, magics, experiment, runs_of):
-    job = line(ip, "batcat_run", f"{HELLO} -b fake-remote -e {experiment} --no-wait")
+def test_no_wait_returns_the_job_which_completes_its_run_on_its_own(
+    ip, magics, experiment, runs_of, sagemaker_env
+):
+    job = line(ip, "batcat_run", f"{HELLO} -b sagemaker -e {experiment} --no-wait")
     assert job.job_name.startswith("hello-") and "batcat-job" in job._repr_html_()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while runs_of(experiment)[0].info.status == RUNNING and time.monotonic() < deadline:
-        time.sleep(0.1)  # nobody waits: the background completion ends the run
+        time.sleep(0.2)  # nobody waits: the background completion ends the run
     assert runs_of(experiment)[0].info.status == FINISHED
     assert job.wait().status == FINISHED and job.status() == FINISHED
     assert "batcat-result" in job._repr_html_()  # once ended, the card is the summary
 
 
-def test_status_logs_and_stop_find_the_sessions_jobs(ip, magics, experiment, monkeypatch, capsys, runs_of):
-    monkeypatch.setattr(FakeRemoteHandle, "looks_to_finish", 10**9)
-    first = line(ip, "batcat_run", f"{HELLO} -b fake-remote -e {experiment} --no-wait")
-    last = line(ip, "batcat_run", f"{HELLO} -b fake-remote -e {experiment} --no-wait")
+def test_status_logs_and_stop_find_the_sessions_jobs(
+    ip, magics, experiment, sagemaker_env, slow, capsys, runs_of
+):
+    first = line(ip, "batcat_run", f"{slow} -b sagemaker -e {experiment} --log-output --no-wait")
+    last = line(ip, "batcat_run", f"{HELLO} -b sagemaker -e {experiment} --no-wait")
     assert line(ip, "batcat_status") is last
     assert line(ip, "batcat_status", first.job_name) is first
     assert line(ip, "batcat_status", first.spec.run_id) is first
+    deadline = time.monotonic() + 60
+    while "started" not in first.logs():
+        assert time.monotonic() < deadline, first.logs()
+        time.sleep(0.3)
     assert first.status() == RUNNING and "RUNNING" in first._repr_html_()
     capsys.readouterr()
     line(ip, "batcat_logs", first.job_name)
-    assert capsys.readouterr().out.startswith("job accepted\n")
+    assert "started" in capsys.readouterr().out  # the job's CloudWatch stream
     stopped = line(ip, "batcat_stop", first.job_name)
     assert stopped.status == KILLED and stopped.reason == "stopped with %batcat_stop"
     assert {r.info.run_id: r.info.status for r in runs_of(experiment)}[first.spec.run_id] == KILLED
+    assert "started" in Path(stopped.output_notebook).read_text()  # what ran before the stop
     with pytest.raises(IPythonUsageError, match="no job 'hello-nope' in this session"):
         line(ip, "batcat_status", "hello-nope")
     with pytest.raises(IPythonUsageError, match="required: job"):
         line(ip, "batcat_stop")
-    line(ip, "batcat_stop", last.job_name)
+    assert last.wait().status == FINISHED
 
 
-def test_logs_follow_prints_until_the_job_ends(ip, magics, experiment, capsys):
-    job = line(ip, "batcat_run", f"{HELLO} -b fake-remote -e {experiment} --no-wait")
-    capsys.readouterr()
-    line(ip, "batcat_logs", "--follow")
+def test_logs_follow_prints_until_the_job_ends(ip, magics, experiment, sagemaker_env):
+    job = line(ip, "batcat_run", f"{HELLO} -b sagemaker -e {experiment} --log-output --no-wait")
+    with capture_output() as captured:
+        line(ip, "batcat_logs", "--follow")
     assert job.status() == FINISHED
-    assert capsys.readouterr().out == job.logs()  # every line, once
+    assert "1.5" in captured.stdout  # the notebook's own output (alpha * n)
+    assert captured.stdout == job.logs()  # every line, once
 
 
 def test_job_magics_before_any_job_say_how_to_start_one(ip, magics):
@@ -268,15 +217,25 @@ def test_job_magics_before_any_job_say_how_to_start_one(ip, magics):
         line(ip, "batcat_status")
 
 
-def test_interrupting_the_kernel_stops_the_job_and_its_run_ends_killed(ip, magics, experiment, monkeypatch):
-    monkeypatch.setattr(FakeRemoteHandle, "interrupt_at_look", 2)
-    result = line(ip, "batcat_run", f"{HELLO} -b fake-remote -e {experiment}")
+def test_interrupting_the_kernel_stops_the_job_and_its_run_ends_killed(
+    ip, magics, experiment, sagemaker_env, slow, runs_of
+):
+    def interrupt_once_the_job_runs() -> None:
+        deadline = time.monotonic() + 60
+        while not sagemaker_env.requests and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # into the wait for the job
+        _thread.interrupt_main()  # what the kernel's interrupt button does
+
+    threading.Thread(target=interrupt_once_the_job_runs, daemon=True).start()
+    result = line(ip, "batcat_run", f"{slow} -b sagemaker -e {experiment}")
     assert result.status == KILLED and result.reason == INTERRUPTED
+    assert runs_of(experiment)[0].info.status == KILLED
 
 
 def test_the_summary_links_to_the_run_when_the_ui_address_is_configured(ip, magics, experiment):
     magics.mlflow_ui_url = "http://127.0.0.1:5000"
-    result = line(ip, "batcat_run", f"{HELLO} -b fake-remote -e {experiment}")
+    result = line(ip, "batcat_run", f"{HELLO} -e {experiment}")
     url = f"http://127.0.0.1:5000/#/experiments/{result.experiment_id}/runs/{result.run_id}"
     assert result.run_url == url and f"<a href='{url}'" in result._repr_html_()
 

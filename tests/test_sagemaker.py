@@ -3,7 +3,6 @@ in a subprocess over a local /opt/ml; tests/test_sagemaker_docker.py runs the sa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 from aws_fixtures import *  # noqa: F403  (the fixtures)
-from aws_fixtures import REGION, ROLE, s3_keys
+from aws_fixtures import REGION, ROLE, RUNNER_URI, s3_keys
 from click.testing import CliRunner
 from conftest import write_notebook
 
@@ -21,8 +20,6 @@ from batcat_nb.backends import sagemaker_jobs
 from batcat_nb.errors import UsageError
 from batcat_nb.spec import RunRequest
 from batcat_nb.tracking import TAG_IMAGE
-
-RUNNER_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/batcat-runner:test"
 
 TRAIN = (
     "import batcat_nb, helper, pathlib\n"
@@ -36,30 +33,6 @@ TRAIN = (
 @pytest.fixture(autouse=True)
 def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCAT_SAGEMAKER_POLL_INTERVAL", "0.3")
-
-
-@pytest.fixture
-def ecr_image(aws_env: str) -> str:
-    """The runner image as moto's ECR knows it (the subprocess runner does not pull it)."""
-    import boto3
-
-    ecr = boto3.client("ecr")
-    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
-        ecr.create_repository(repositoryName="batcat-runner")
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}
-    with contextlib.suppress(ecr.exceptions.ImageAlreadyExistsException):
-        ecr.put_image(repositoryName="batcat-runner", imageManifest=json.dumps(manifest), imageTag="test")
-    return RUNNER_URI
-
-
-@pytest.fixture
-def options(bucket: str, ecr_image: str) -> dict[str, Any]:
-    return {
-        "role": ROLE,
-        "s3_prefix": f"s3://{bucket}/jobs",
-        "image": ecr_image,
-        "instance_type": "ml.t3.medium",
-    }
 
 
 @pytest.fixture

@@ -401,6 +401,12 @@ class SageMakerHandle(JobHandle):
         self.description = describe_job(self.job_name, self.region)
         return self.description
 
+    def state(self) -> str:
+        """SageMaker's own word for the job as ``wait()`` last saw it (InProgress, Stopping...)."""
+        if self.job_arn is None:
+            return "Staging"
+        return str(self.description.get("ProcessingJobStatus", "Created"))
+
     def status(self) -> str:
         if self._result is not None:
             return self._result.status
@@ -475,7 +481,7 @@ class SageMakerHandle(JobHandle):
     def logs(self) -> str:
         if self.job_arn is not None and self._result is None:
             self._emit(self._follower().poll())
-        return "\n".join(self._log_lines)
+        return "".join(line + "\n" for line in self._log_lines)  # lines, as a local job's log file
 
     def _stop(self) -> None:
         self._stop_requested = True
