@@ -138,3 +138,30 @@ def test_a_warm_worker_that_dies_is_replaced_and_no_later_job_is_lost(project, e
     assert warm_workers().isdisjoint(workers)
     statuses = [r.info.status for r in runs_of(experiment)]
     assert statuses.count("FINISHED") == 5  # the first run, three children and their parent
+
+
+def test_a_job_cancelled_while_it_waits_for_a_warm_worker_never_starts(
+    project, experiment, runs_of, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("BATCAT_AGENT_DIR", str(tmp_path / "agents"))  # a new agent: its first pool
+    monkeypatch.setenv("BATCAT_AGENT_IDLE", "5")
+    slow = write_notebook(
+        project / "slow.ipynb",
+        "name = ''",
+        "import pathlib, time\npathlib.Path(name).touch()\ntime.sleep(60)",
+    )
+    names = [f"busy{i}" for i in range(min(2, os.cpu_count() or 1))]  # one per warm worker
+    busy = [batcat_nb.submit(str(slow), {"name": n}, experiment=experiment, progress=False) for n in names]
+    deadline = time.monotonic() + 60
+    while not all((project / n).exists() for n in names):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    waiting = batcat_nb.submit(str(slow), {"name": "waiting"}, experiment=experiment, progress=False)
+    waiting.cancel()
+    result = waiting.wait()
+    assert result.status == "KILLED" and result.reason == "cancelled"
+    for handle in busy:
+        handle.cancel()
+        assert handle.wait().status == "KILLED"
+    assert not (project / "waiting").exists()  # it never ran
+    assert {r.info.status for r in runs_of(experiment)} == {"KILLED"}

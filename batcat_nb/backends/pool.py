@@ -28,7 +28,7 @@ class WorkerPool:
     def __init__(self, size: int, log_path: Path) -> None:
         self._jobs: queue.Queue[tuple[str, dict[str, Any], Future[int]] | None] = queue.Queue()
         self._running: dict[str, subprocess.Popen[bytes]] = {}
-        self._cancelled: set[str] = set()
+        self._waiting: dict[str, Future[int]] = {}  # queued, not yet taken by a worker
         self._lock = threading.Lock()
         self._log = log_path.open("ab")
         self._processes: list[subprocess.Popen[bytes]] = []
@@ -56,28 +56,34 @@ class WorkerPool:
         )
 
     def dispatch(self, root: Path, env: dict[str, str], replace_env: bool = False) -> Future[int]:
-        """Queue the job laid out at ``root``; the future resolves to the worker's exit code.
+        """Queue the job laid out at ``root``; the future resolves to the worker's exit code, or
+        to -1 when the job is stopped before a worker takes it.
 
         ``env`` reaches the job's kernel; with ``replace_env`` it is the kernel's whole environment.
         """
         future: Future[int] = Future()
+        with self._lock:
+            if JobLayout(root).stop_file.exists():  # stopped before it was even queued
+                future.set_result(-1)
+                return future
+            self._waiting[str(root)] = future
         self._jobs.put((str(root), {"env": env, "replace_env": replace_env}, future))
         return future
 
     def stop(self, root: Path) -> None:
-        """Stop one job: its stop file, then SIGTERM to the worker running it (the job ends
-        KILLED, the worker goes on). A job still queued is dropped: its future resolves to -1.
-        """
+        """Stop one job: a queued one at once (its future resolves to -1); a running one with its
+        stop file, then SIGTERM to its worker (the job ends KILLED, the worker goes on)."""
         with self._lock:
             process = self._running.get(str(root))
-            if process is None:
-                self._cancelled.add(str(root))
-                return
-        try:
-            JobLayout(root).stop_file.touch()
-        except OSError:
-            return  # the job has ended and its directory is gone
-        if process.poll() is None:
+            queued = self._waiting.pop(str(root), None) if process is None else None
+            if queued is None:
+                try:
+                    JobLayout(root).stop_file.touch()  # also for a job not dispatched yet
+                except OSError:
+                    return  # the job has ended and its directory is gone
+        if queued is not None:
+            queued.set_result(-1)
+        elif process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
 
     def close(self) -> None:
@@ -98,10 +104,8 @@ class WorkerPool:
             if process.poll() is not None:  # it died between jobs: this job goes to a new one
                 process = self._replace(process)
             with self._lock:
-                if root in self._cancelled:
-                    self._cancelled.discard(root)
-                    future.set_result(-1)
-                    continue
+                if self._waiting.pop(root, None) is None:
+                    continue  # stopped while queued: its future is resolved
                 self._running[root] = process
             try:
                 exit_code = _ask(process, {"root": root, **options})
