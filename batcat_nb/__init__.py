@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .record import record
-
-__version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .backends.base import JobHandle

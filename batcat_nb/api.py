@@ -11,8 +11,9 @@ from pathlib import Path
 from .backends import registry
 from .backends.base import Backend, JobHandle
 from .config import CoreConfig, resolve
+from .contract import MAX_INPUTS, check_channels
 from .errors import TrackingError, UsageError
-from .layout import MAX_INPUTS, RESERVED_CHANNELS
+from .layout import RESERVED_CHANNELS
 from .notebook import load_notebook
 from .parameters import effective_parameters, given_only, recorded
 from .result import INTERRUPTED, RunResult
@@ -73,23 +74,29 @@ def resolve_spec(request: RunRequest) -> JobSpec:
     return spec
 
 
-def submit(request: RunRequest) -> JobHandle:
-    """Start the run and return its handle at once."""
+def submit(request: RunRequest, *, detached: bool = False) -> JobHandle:
+    """Start the run and return its handle at once; ``detached``: the job must outlive this process."""
     spec = resolve_spec(request)
     backend = registry.get(spec.backend)
+    if detached and not getattr(backend, "detachable", False):
+        raise UsageError(
+            f"a {spec.backend} job ends with this command; use `batcat run`, or --backend sagemaker"
+        )
     backend.validate(spec)
     for name, source in spec.inputs.items():
         check_input(name, source)
-    tracker = (
-        backend.tracker(spec.tracking_uri) if hasattr(backend, "tracker") else Tracker(spec.tracking_uri)
-    )
+    return start(backend, tracker_for(backend, spec.tracking_uri), spec)
+
+
+def start(backend: Backend, tracker: Tracker, spec: JobSpec, tags: dict[str, str] | None = None) -> JobHandle:
+    """Submit ``spec`` and create its MLflow run meanwhile; the job learns its run once it exists."""
     handle = backend.submit(spec)  # the job starts while MLflow loads
     try:
         run_id, experiment_id = tracker.start_run(
             experiment=spec.experiment,
             run_name=spec.job_name,
             params=spec.recorded_parameters,
-            tags=tags_for(spec),
+            tags={**tags_for(spec), **(tags or {})},
         )
     except (TrackingError, KeyboardInterrupt):
         handle.cancel()
@@ -132,8 +139,7 @@ def wait(handle: JobHandle) -> RunResult:
 
 
 def _check_channels(inputs: dict[str, str], outputs: dict[str, str]) -> None:
-    for name in set(inputs) & set(outputs):
-        raise UsageError(f"'{name}' names both an input and an output; give each channel its own name")
+    check_channels(inputs, outputs)
     for name in [*inputs, *outputs]:
         if name in RESERVED_CHANNELS:
             raise UsageError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +59,31 @@ def resolve(cls: type[T], section: str, args: Mapping[str, Any] | None = None) -
         if value is not None:
             values[name] = value
     return cls(**values)
+
+
+def parse_pairs(entries: Iterable[str] | Mapping[str, Any] | str | None, what: str) -> dict[str, str]:
+    """``NAME=VALUE`` entries (a list, or one comma-separated string) to a dict; a mapping is taken
+    as it is. ``what`` names the option in the message when an entry is malformed or repeated."""
+    if isinstance(entries, Mapping):
+        return {str(k): str(v) for k, v in entries.items()}
+    if isinstance(entries, str):
+        entries = [part.strip() for part in entries.split(",") if part.strip()]
+    pairs: dict[str, str] = {}
+    for entry in entries or []:
+        name, sep, value = str(entry).partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{what} takes NAME=VALUE, got {entry!r}")
+        if name in pairs:
+            raise ConfigError(f"{what} {name} is given twice; each name once")
+        pairs[name] = value
+    return pairs
+
+
+def cache_dir() -> Path:
+    """``$BATCAT_CACHE_DIR``, else ``$XDG_CACHE_HOME/batcat``, else ``~/.cache/batcat``."""
+    if os.environ.get("BATCAT_CACHE_DIR"):
+        return Path(os.environ["BATCAT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "batcat"
 
 
 def _coerce(text: str, hint: Any, where: str) -> Any:

@@ -65,7 +65,7 @@ class BatcatEngine(NBClientEngine):
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
         if "batcat_preamble" in kwargs:  # called by the batcat worker: the run is handled there
             return cls._execute(nb_man, kernel_name, kwargs.pop("batcat_preamble"), **kwargs)
-        from .standalone import tracked_papermill_run
+        from .engine_tracking import tracked_papermill_run
 
         with tracked_papermill_run(nb_man, kernel_name, kwargs) as preamble:
             return cls._execute(nb_man, kernel_name, preamble, **kwargs)

@@ -7,6 +7,7 @@ BatcatError                 root of everything raised on purpose
 │   ├── KernelNotFound      the notebook's kernel is not installed
 │   ├── BackendError        unknown backend, backend not available
 │   ├── ConfigError         unknown config key, bad value
+│   ├── ImageBuildError     the runner image could not be built
 │   └── TrackingError       the MLflow store cannot be reached or written
 └── RunFailed               ``RunResult.raise_for_status()`` on a failed run
 """
@@ -43,6 +44,10 @@ class BackendError(UsageError):
 
 class ConfigError(UsageError):
     """A configuration key or value is invalid."""
+
+
+class ImageBuildError(UsageError):
+    """The runner image could not be built; the message names the step and ends with the log's tail."""
 
 
 class TrackingError(UsageError):

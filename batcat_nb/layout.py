@@ -14,7 +14,7 @@ JOB_CHANNEL = "batcat"  # job.json: what the worker runs, parameters included
 NOTEBOOK_CHANNEL = "notebook"  # the executed notebook, its HTML and the run manifest
 RESERVED_CHANNELS = frozenset({CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL})
 
-MAX_INPUTS = 10  # SageMaker Processing's limit
+MESSAGE_LIMIT = 1024  # SageMaker keeps the first KB of /opt/ml/output/message as the ExitMessage
 
 
 @dataclass(frozen=True)

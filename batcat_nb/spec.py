@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .layout import NOTEBOOK_CHANNEL
@@ -86,9 +86,6 @@ class JobSpec:
             "progress": self.progress,
             "output_channel": NOTEBOOK_CHANNEL,
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def job_name(notebook_stem: str, now: float | None = None) -> str:

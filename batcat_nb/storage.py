@@ -6,6 +6,7 @@ itself does, which is how tests point it at a moto server.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,24 @@ def s3_client() -> Any:
     import boto3
 
     return boto3.client("s3")
+
+
+AWS_PASSED = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED")
+
+
+def aws_credentials() -> dict[str, str]:
+    """This host's AWS credentials (and region/endpoint) as variables for the container only."""
+    import boto3
+
+    credentials = boto3.Session().get_credentials()
+    if credentials is None:
+        raise UsageError("pass_aws_credentials is set but no AWS credentials are configured here")
+    frozen = credentials.get_frozen_credentials()
+    env = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+    if frozen.token:
+        env["AWS_SESSION_TOKEN"] = frozen.token
+    env.update({name: os.environ[name] for name in AWS_PASSED if os.environ.get(name)})
+    return env
 
 
 def check_input(name: str, uri: str) -> None:

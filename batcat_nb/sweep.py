@@ -24,7 +24,6 @@ from typing import Any
 
 from . import api
 from .backends import registry
-from .backends.local import LocalBackend
 from .errors import UsageError
 from .manifest import FAILED, FINISHED, KILLED
 from .parameters import resolve_value
@@ -201,7 +200,7 @@ class _Sweep:
                 _progress(len(todo), self.name, self.base.progress) as bar,
                 ThreadPoolExecutor(max_workers=parallel) as executor,
             ):
-                futures = [executor.submit(self._run_one, spec, parent, experiment_id) for spec in todo]
+                futures = [executor.submit(self._run_one, spec, parent) for spec in todo]
                 try:
                     for future in as_completed(futures):
                         result = future.result()
@@ -225,22 +224,16 @@ class _Sweep:
 
     def _concurrent(self, parallel: int) -> Any:
         """Let the backend prepare for ``parallel`` jobs at once (warm local workers)."""
-        if isinstance(self.backend, LocalBackend):
-            log_path = Path(self.specs[0].output_dir).parent / f"{self.name}.log"
-            return self.backend.concurrent(parallel, log_path)
-        return nullcontext()
+        concurrent = getattr(self.backend, "concurrent", None)
+        if concurrent is None:
+            return nullcontext()
+        return concurrent(parallel, Path(self.specs[0].output_dir).parent / f"{self.name}.log")
 
-    def _run_one(self, spec: Any, parent: str, experiment_id: str) -> RunResult:
+    def _run_one(self, spec: Any, parent: str) -> RunResult:
         if self._stop.is_set():
             return _not_run(spec, f"not run: {self._stop_reason}")
-        handle = self.backend.submit(spec)
-        run_id, _ = self.tracker.start_run(
-            experiment=spec.experiment,
-            run_name=spec.job_name,
-            params=spec.recorded_parameters,
-            tags={**api.tags_for(spec), TAG_PARENT: parent, TAG_SWEEP_KEY: _key(spec.recorded_parameters)},
-        )
-        handle.attach(self.tracker, run_id, experiment_id)
+        tags = {TAG_PARENT: parent, TAG_SWEEP_KEY: _key(spec.recorded_parameters)}
+        handle = api.start(self.backend, self.tracker, spec, tags)
         while not self._stop.is_set():
             if handle.status() != "RUNNING":
                 return handle.wait()

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import TrackingError
 from .manifest import Manifest
 from .provenance import project_dir
@@ -58,7 +59,6 @@ def run_tags(
     *, notebook_path: Path, notebook_sha256: str, backend: str, kernel: str, job_name: str
 ) -> dict[str, str]:
     """Provenance tags every batcat run carries, whoever launched it."""
-    from . import __version__
     from .provenance import git_tags
 
     return {

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from .layout import CODE_CHANNEL, JobLayout
+from .layout import CODE_CHANNEL, MESSAGE_LIMIT, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
 from .record import RECORDS_ENV
 
@@ -39,7 +39,6 @@ log = logging.getLogger("batcat_nb.worker")
 JOB_LOG_NAME = "batcat-job.log"
 TRACKING_FROM_STDIN_ENV = "BATCAT_TRACKING_FROM_STDIN"  # the run id arrives on stdin
 IN_JOB_ENV = "BATCAT_IN_JOB"  # set in the kernel: this notebook runs as a batch job
-_MESSAGE_LIMIT = 1024
 
 
 class JobStopped(BaseException):
@@ -352,7 +351,7 @@ def _describe(exc: Exception, job: dict[str, Any]) -> tuple[str, CellError | Non
 def _write_message(layout: JobLayout, message: str) -> None:
     try:
         layout.message_file.parent.mkdir(parents=True, exist_ok=True)
-        layout.message_file.write_text(message.encode()[:_MESSAGE_LIMIT].decode(errors="ignore"))
+        layout.message_file.write_text(message.encode()[:MESSAGE_LIMIT].decode(errors="ignore"))
     except OSError as exc:
         log.warning("cannot write %s: %s", layout.message_file, exc)
 

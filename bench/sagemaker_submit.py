@@ -126,7 +126,7 @@ def main() -> None:
 
 def run(work: Path, image: str, jobs: int) -> None:
     import batcat_nb
-    from batcat_nb import aws
+    from batcat_nb.backends.sagemaker import aws
 
     counter = CallCounter()
     aws.reset()

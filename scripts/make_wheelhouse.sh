@@ -18,7 +18,7 @@ set -euo pipefail
 [ $# -eq 3 ] || { echo "usage: $0 IMAGE OUT_DIR REQUIREMENTS_FILE" >&2; exit 2; }
 exec "${PYTHON:-python3}" -c '
 import logging, sys
-from batcat_nb.images import make_wheelhouse
+from batcat_nb.backends.docker.image import make_wheelhouse
 logging.basicConfig(level=logging.INFO, format="[make_wheelhouse] %(message)s")
 wheels = make_wheelhouse(*sys.argv[1:])
 print(f"[make_wheelhouse] {len(wheels)} wheels in {sys.argv[2]}", file=sys.stderr)

@@ -5,7 +5,7 @@ moto records a CreateProcessingJob and reports it Completed at once, without run
 ``ThreadedMotoServer``): when a job is created it takes the exact request as it arrived on the
 wire, sets the job InProgress, and executes the request the way SageMaker would (inputs from
 moto's S3 into ``/opt/ml/processing/input``, the image's worker, outputs back to moto's S3),
-through the Docker backend's contract implementation (``batcat_nb.processing.run_request``) or,
+through the Docker backend's contract implementation (``batcat_nb.backends.docker.container.run_request``) or,
 for the tests that must not need Docker, the same worker in a subprocess over a local copy of
 ``/opt/ml``. The container's lines go to moto's CloudWatch Logs as they come; at the end the job
 moves to Completed, Failed (with FailureReason and ExitMessage) or Stopped.
@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 from conftest import free_port
 
-from batcat_nb.processing import ProcessingOutcome
+from batcat_nb.contract import ProcessingOutcome
 from batcat_nb.storage import download, upload
 
 __all__ = [
@@ -93,9 +93,9 @@ def moto_server() -> Iterator[str]:
 @pytest.fixture
 def aws_env(moto_server: str) -> Iterator[str]:
     """A test using AWS: fresh batcat clients (they cache the environment they were built in)."""
-    from batcat_nb import aws as batcat_aws
-    from batcat_nb import image_registry
-    from batcat_nb.backends import sagemaker
+    from batcat_nb.backends.sagemaker import aws as batcat_aws
+    from batcat_nb.backends.sagemaker import backend as sagemaker
+    from batcat_nb.backends.sagemaker import registry as image_registry
 
     batcat_aws.reset()
     sagemaker._checked_buckets.clear()
@@ -171,7 +171,7 @@ Runner = Callable[..., Any]  # (request, *, on_log, stop) -> outcome
 
 def docker_runner() -> Runner:
     """The Docker backend's contract implementation, which executes a request in a container."""
-    from batcat_nb.processing import run_request
+    from batcat_nb.backends.docker.container import run_request
 
     def run(request: dict[str, Any], *, on_log: Callable[[str], None], stop: threading.Event) -> Any:
         return run_request(request, on_log=on_log, stop=stop, stop_grace=10.0, network_mode="host")

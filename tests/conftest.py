@@ -17,6 +17,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+pytest_plugins = ["aws_fixtures", "docker_fixtures"]  # their fixtures serve every test
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "notebooks"
 BATCAT = str(Path(sys.executable).parent / "batcat")

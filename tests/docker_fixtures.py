@@ -29,7 +29,7 @@ EXAMPLE_REQUIREMENTS = (
 class Runner:
     """The session's runner image and what it was built from."""
 
-    image: Any  # batcat_nb.images.RunnerImage
+    image: Any  # batcat_nb.backends.docker.image.RunnerImage
     requirements: Path
 
     def options(self, **extra: Any) -> dict[str, Any]:
@@ -40,8 +40,8 @@ class Runner:
 @pytest.fixture(scope="session")
 def engine() -> Any:
     """A client of the local Docker engine (scripts/provision_docker.sh starts one)."""
+    from batcat_nb.backends.docker.container import docker_client
     from batcat_nb.errors import BackendError
-    from batcat_nb.processing import docker_client
 
     try:
         client = docker_client()
@@ -53,7 +53,7 @@ def engine() -> Any:
 @pytest.fixture(scope="session")
 def runner(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Runner:
     """The runner image with the examples' requirements, built once per environment."""
-    from batcat_nb import images
+    from batcat_nb.backends.docker import image as images
     from batcat_nb.errors import UsageError
 
     requirements = EXAMPLES / "requirements.txt"
@@ -70,7 +70,7 @@ def runner(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Runner:
 
 def job_containers(engine: Any) -> list[Any]:
     """Every container a batcat job started that still exists."""
-    from batcat_nb.processing import JOB_LABEL
+    from batcat_nb.backends.docker.container import JOB_LABEL
 
     return list(engine.containers.list(all=True, filters={"label": JOB_LABEL}))
 

@@ -32,7 +32,7 @@ def test_an_installed_wheel_carries_the_runner_image_definition(tmp_path: Path) 
         [
             venv / "bin" / "python",
             "-c",
-            "from batcat_nb.images import definition_dir; print(definition_dir())",
+            "from batcat_nb.backends.docker.image import definition_dir; print(definition_dir())",
         ],
         cwd=tmp_path,  # away from the checkout's docker/
         capture_output=True,

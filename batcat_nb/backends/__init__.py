@@ -21,9 +21,16 @@ log = logging.getLogger("batcat_nb")
 ENTRY_POINT_GROUP = "batcat_nb.backends"
 
 BUILTIN = {
-    "local": "batcat_nb.backends.local:LocalBackend",
-    "docker": "batcat_nb.backends.docker:DockerBackend",
-    "sagemaker": "batcat_nb.backends.sagemaker:SageMakerBackend",
+    "local": "batcat_nb.backends.local.backend:LocalBackend",
+    "docker": "batcat_nb.backends.docker.backend:DockerBackend",
+    "sagemaker": "batcat_nb.backends.sagemaker.backend:SageMakerBackend",
+}
+
+# Each built-in backend's command line (its ``SECTION``, ``RUN_OPTIONS``, ``OPTION_KEYS`` and
+# ``COMMANDS``); a backend without options of its own has none.
+BACKEND_CLIS = {
+    "docker": "batcat_nb.backends.docker.cli",
+    "sagemaker": "batcat_nb.backends.sagemaker.cli",
 }
 
 

@@ -24,7 +24,15 @@ log = logging.getLogger("batcat_nb")
 
 
 class Backend(Protocol):
-    """Where jobs run."""
+    """Where jobs run.
+
+    Optional hooks, which the core looks up by name and never by the backend's class:
+
+    - ``detachable = True``: its jobs outlive the process that submitted them (``batcat submit``);
+    - ``tracker(uri) -> Tracker``: its own way to reach the MLflow store (the local agent);
+    - ``concurrent(size, log_path)``: a context manager that readies ``size`` jobs at once
+      (warm local workers for a sweep).
+    """
 
     name: str
 
@@ -38,6 +46,8 @@ class Backend(Protocol):
 
 class JobHandle(ABC):
     """A submitted job: ``status()``, ``wait()``, ``logs()``, ``cancel()``."""
+
+    shows_progress = False  # True when the job draws its own progress bar here (the local worker)
 
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec

@@ -1,0 +1,391 @@
+"""SageMaker Processing's container contract, run in a local container by the docker SDK.
+
+``run_request`` executes a ``create_processing_job`` request (``batcat_nb.contract``) exactly as
+SageMaker would: ``/opt/ml/config``, inputs under ``/opt/ml/processing/input/<name>`` (S3
+prefixes downloaded, ``file://`` directories bind-mounted read-only), outputs collected from
+``/opt/ml/processing/output/<name>`` at the end (EndOfJob, also after a failure or a stop),
+hostname ``algo-1``, the first KB of ``/opt/ml/output/message`` as the exit message.
+
+It knows nothing of MLflow or of batcat's JobSpec: the Docker backend and the SageMaker test
+fixture both call it with a plain request.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...contract import (
+    COMPLETED,
+    CONTAINER,
+    FAILED,
+    HOSTNAME,
+    STOPPED,
+    ProcessingOutcome,
+    job_config,
+    local_path,
+)
+from ...errors import BackendError, UsageError
+from ...layout import MESSAGE_LIMIT, JobLayout
+from ...storage import download, is_s3, upload
+
+log = logging.getLogger("batcat_nb")
+
+JOB_LABEL = "io.batcat.job"  # every container run_request starts carries it
+_LIVE: dict[str, Any] = {}  # container id -> client, for containers this process has not removed yet
+
+Bind = tuple[str, str, bool]  # host path, container path, read-only
+
+
+@dataclass
+class ContainerResources:
+    """Limits of the local container (``--cpus``, ``--memory``, ``--gpus``)."""
+
+    cpus: float | None = None
+    memory: str | None = None  # docker's syntax: 512m, 2g
+    gpus: str | None = None  # "all" or a count
+
+    def docker_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.cpus:
+            kwargs["nano_cpus"] = int(self.cpus * 1e9)
+        if self.memory:
+            kwargs["mem_limit"] = self.memory
+            kwargs["memswap_limit"] = self.memory  # no swap: over the limit is an OOM kill
+        if self.gpus:
+            from docker.types import DeviceRequest
+
+            count = -1 if str(self.gpus) == "all" else int(self.gpus)
+            kwargs["device_requests"] = [DeviceRequest(count=count, capabilities=[["gpu"]])]
+        return kwargs
+
+
+def docker_client(timeout: int = 60) -> Any:
+    """A client of the Docker engine, or a one-line BackendError saying what to start or install."""
+    try:
+        import docker
+    except ImportError:
+        raise BackendError(
+            "the Docker backend needs the docker SDK: pip install 'batcat_nb[docker]'"
+        ) from None
+    try:
+        client = docker.from_env(timeout=timeout)  # type: ignore[attr-defined]
+        client.ping()
+    except Exception as exc:
+        raise BackendError(_engine_problem(exc)) from None
+    return client
+
+
+def _engine_problem(exc: Exception) -> str:
+    """One line: why the engine cannot be used and what to start or install."""
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    text = str(exc)
+    if "Permission denied" in text or "PermissionError" in text:
+        return (
+            f"permission denied on the Docker engine at {where}; add your user to the docker group "
+            "(sudo usermod -aG docker $USER, then log in again) or run as root"
+        )
+    if not os.environ.get("DOCKER_HOST") and not (shutil.which("dockerd") or shutil.which("docker")):
+        return "Docker is not installed here; install it (sudo apt-get install docker.io) and start dockerd"
+    missing = "No such file" in text or "FileNotFoundError" in text or "Connection refused" in text
+    reason = "nothing is listening there" if missing else _first_line(exc)
+    fix = "start it (sudo systemctl start docker, or sudo dockerd &)"
+    if os.environ.get("DOCKER_HOST"):
+        fix += " or unset DOCKER_HOST"
+    return f"the Docker engine at {where} is not answering ({reason}); {fix}"
+
+
+def run_request(
+    request: Mapping[str, Any],
+    *,
+    client: Any = None,
+    on_log: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+    stop_grace: float = 10.0,
+    extra_mounts: Mapping[str, str] | None = None,
+    network_mode: str = "host",
+    resources: ContainerResources | None = None,
+    user: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> ProcessingOutcome:
+    """Run a ``create_processing_job`` request in a local container, as SageMaker would.
+
+    ``extra_mounts`` (host dir -> container dir, read-write) and ``extra_env`` (variables the
+    job's config does not record, e.g. credentials) are local additions; ``user`` overrides the
+    image's USER. Outputs are collected whatever the outcome; the container is always removed.
+    """
+    client = client or docker_client()
+    stop = stop or threading.Event()
+    if stop.is_set():
+        return ProcessingOutcome(-1, STOPPED, "stopped before the container started")
+    stage = _Stage(request)
+    try:
+        try:
+            binds = stage.prepare()
+        except Exception as exc:  # an input SageMaker could not download either
+            log.debug("cannot prepare %s", request["ProcessingJobName"], exc_info=True)
+            return ProcessingOutcome(-1, FAILED, f"ClientError: {_first_line(exc)}")
+        binds += [(host, target, False) for host, target in (extra_mounts or {}).items()]
+        container = _Container(client, request, binds, network_mode, resources, user, extra_env)
+        try:
+            outcome = container.run(on_log, stop, stop_grace)
+        finally:
+            container.remove()
+        outcome.exit_message = stage.exit_message()
+        if outcome.status == FAILED and not outcome.failure_reason:
+            detail = outcome.exit_message.strip().splitlines()[:1] or [f"exit code {outcome.exit_code}"]
+            outcome.failure_reason = f"AlgorithmError: {detail[0]}"
+        upload_error = stage.collect_outputs()
+        if upload_error and outcome.status == COMPLETED:
+            outcome.status, outcome.failure_reason = FAILED, upload_error
+        return outcome
+    finally:
+        stage.remove()
+
+
+class _Stage:
+    """The host side of ``/opt/ml``: config, downloaded inputs, output directories, message."""
+
+    def __init__(self, request: Mapping[str, Any]) -> None:
+        self.request = request
+        self.root = Path(tempfile.mkdtemp(prefix=f"batcat-{request['ProcessingJobName']}-"))
+        self.layout = JobLayout(self.root)
+
+    def prepare(self) -> list[Bind]:
+        """Write the config, fetch the inputs; return the bind mounts for all of it."""
+        self.root.chmod(0o755)  # any container user may read what we stage
+        config = self.layout.config_dir
+        config.mkdir(parents=True)
+        (config / "processingjobconfig.json").write_text(json.dumps(job_config(self.request), indent=2))
+        count = self.request["ProcessingResources"]["ClusterConfig"].get("InstanceCount", 1)
+        hosts = [f"algo-{i}" for i in range(1, count + 1)]
+        (config / "resourceconfig.json").write_text(json.dumps({"current_host": HOSTNAME, "hosts": hosts}))
+        binds = [(str(config), str(CONTAINER.config_dir), True)]
+        message_dir = self.layout.message_file.parent
+        message_dir.mkdir(parents=True)
+        message_dir.chmod(0o777)
+        binds.append((str(message_dir), str(CONTAINER.message_file.parent), False))
+        for item in self.request.get("ProcessingInputs", []):
+            s3 = item["S3Input"]
+            source = self._fetch(item["InputName"], s3["S3Uri"])
+            binds.append((str(source), s3["LocalPath"], True))
+        for name, _uri, local in self.outputs():
+            self.layout.output(name).mkdir(parents=True)
+            self.layout.output(name).chmod(0o777)
+            binds.append((str(self.layout.output(name)), local, False))
+        return binds
+
+    def _fetch(self, name: str, uri: str) -> Path:
+        if not is_s3(uri):
+            source = local_path(uri)
+            if not source.exists():
+                raise UsageError(f"input '{name}': {source} does not exist")
+            return source
+        target = self.layout.input(name)
+        target.mkdir(parents=True)
+        download(uri, target)
+        if not any(target.iterdir()):
+            raise UsageError(f"input '{name}': no objects under {uri}")
+        return target
+
+    def outputs(self) -> Iterator[tuple[str, str, str]]:
+        for item in self.request.get("ProcessingOutputConfig", {}).get("Outputs", []):
+            s3 = item["S3Output"]
+            yield item["OutputName"], s3["S3Uri"], s3["LocalPath"]
+
+    def exit_message(self) -> str:
+        try:
+            raw = self.layout.message_file.read_bytes()[:MESSAGE_LIMIT]
+        except OSError:
+            return ""
+        return raw.decode(errors="ignore")
+
+    def collect_outputs(self) -> str | None:
+        """Upload or copy every output (EndOfJob); the first problem, if any."""
+        problem = None
+        for name, uri, _ in self.outputs():
+            source = self.layout.output(name)
+            try:
+                if is_s3(uri):
+                    upload(source, uri)
+                else:
+                    shutil.copytree(source, local_path(uri), dirs_exist_ok=True, symlinks=True)
+            except Exception as exc:
+                log.warning("output '%s': cannot copy to %s: %s", name, uri, exc)
+                problem = problem or f"ClientError: output '{name}' could not be written to {uri}: {exc}"
+        return problem
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class _Container:
+    """One container of one job: started, streamed, stopped when asked, inspected, removed."""
+
+    def __init__(
+        self,
+        client: Any,
+        request: Mapping[str, Any],
+        binds: list[Bind],
+        network_mode: str,
+        resources: ContainerResources | None,
+        user: str | None,
+        extra_env: Mapping[str, str] | None,
+    ) -> None:
+        self.client = client
+        self.request = request
+        app = request["AppSpecification"]
+        environment = {**request.get("Environment", {}), **(extra_env or {})}
+        if user and user.split(":")[0] != "0" and "HOME" not in environment:
+            environment["HOME"] = "/tmp"  # a uid without a passwd entry has no writable home
+        from docker.types import Mount
+
+        kwargs: dict[str, Any] = dict(
+            entrypoint=app.get("ContainerEntrypoint"),
+            command=app.get("ContainerArguments"),
+            environment=environment,
+            hostname=HOSTNAME,
+            network_mode=network_mode,
+            mounts=[Mount(target, source, type="bind", read_only=ro) for source, target, ro in binds],
+            labels={JOB_LABEL: request["ProcessingJobName"]},
+            **(resources.docker_kwargs() if resources else {}),
+        )
+        if user:
+            kwargs["user"] = user
+        self.kwargs = kwargs
+        self.container: Any = None
+
+    def run(
+        self, on_log: Callable[[str], None] | None, stop: threading.Event, stop_grace: float
+    ) -> ProcessingOutcome:
+        import docker.errors
+
+        image = self.request["AppSpecification"]["ImageUri"]
+        try:
+            self.container = self.client.containers.create(image, **self.kwargs)
+            _watch(self.container.id, self.client)
+            self.container.start()
+        except docker.errors.ImageNotFound:
+            return ProcessingOutcome(-1, FAILED, f"ClientError: image {image} not found")
+        except docker.errors.APIError as exc:
+            return ProcessingOutcome(-1, FAILED, f"ClientError: cannot start the container: {exc}")
+        streamer = threading.Thread(target=self._stream, args=(on_log,), daemon=True)
+        streamer.start()
+        exit_code, stopped_by = self._wait(stop, stop_grace)
+        streamer.join(timeout=10)
+        self.container.reload()
+        state = self.container.attrs.get("State", {})
+        oom = bool(state.get("OOMKilled"))
+        if stopped_by:
+            return ProcessingOutcome(exit_code, STOPPED, stopped_by, oom_killed=oom)
+        if exit_code == 0:
+            return ProcessingOutcome(0, COMPLETED, oom_killed=oom)
+        reason = None
+        if oom:
+            limit = self.kwargs.get("mem_limit")
+            reason = f"OutOfMemory: the container used more than its memory limit ({limit or 'host'})"
+        return ProcessingOutcome(exit_code, FAILED, reason, oom_killed=oom)
+
+    def _wait(self, stop: threading.Event, grace: float) -> tuple[int, str | None]:
+        """Block until the container exits; stop it when asked or past MaxRuntimeInSeconds."""
+        result: dict[str, Any] = {}
+        done = threading.Event()
+
+        def wait() -> None:
+            try:
+                result.update(self.client.api.wait(self.container.id, timeout=None))
+            except Exception as exc:  # the engine went away: report the job as failed
+                result["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=wait, daemon=True).start()
+        limit = self.request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
+        deadline = time.monotonic() + limit if limit else None
+        stopped_by = None
+        while not done.wait(0.1):
+            if stopped_by is None and stop.is_set():
+                stopped_by = "stopped by request"
+            elif stopped_by is None and deadline is not None and time.monotonic() > deadline:
+                stopped_by = f"MaxRuntimeInSeconds ({limit}s) exceeded"
+            else:
+                continue
+            self._stop(grace)
+        if "error" in result:
+            return -1, stopped_by or f"lost the container: {_first_line(result['error'])}"
+        return int(result.get("StatusCode", -1)), stopped_by
+
+    def _stop(self, grace: float) -> None:
+        """SIGTERM now, SIGKILL after ``grace`` seconds (``docker stop``), without blocking."""
+
+        def stop() -> None:
+            try:
+                self.container.stop(timeout=max(1, round(grace)))
+            except Exception as exc:
+                log.debug("stopping %s: %s", self.container.id[:12], exc)
+
+        threading.Thread(target=stop, daemon=True).start()
+
+    def _stream(self, on_log: Callable[[str], None] | None) -> None:
+        try:
+            chunks = self.client.api.logs(self.container.id, stream=True, follow=True)
+            for line in _lines(chunks):
+                if on_log is not None:
+                    try:
+                        on_log(line)
+                    except Exception as exc:
+                        log.debug("log handler: %s", exc)
+        except Exception as exc:
+            log.debug("log stream of %s ended: %s", self.container.id[:12], exc)
+
+    def remove(self) -> None:
+        if self.container is None:
+            return
+        try:
+            self.container.remove(force=True)
+        except Exception as exc:
+            log.warning("could not remove container %s: %s", self.container.id[:12], exc)
+        _LIVE.pop(self.container.id, None)
+
+
+def _watch(container_id: str, client: Any) -> None:
+    """Remember a container, so that it is removed even if this process exits mid-job."""
+    if not _LIVE:
+        atexit.register(_remove_live)
+    _LIVE[container_id] = client
+
+
+def _remove_live() -> None:
+    for container_id, client in list(_LIVE.items()):
+        try:
+            client.api.remove_container(container_id, force=True)
+        except Exception as exc:
+            log.debug("removing %s at exit: %s", container_id[:12], exc)
+    _LIVE.clear()
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """Whole lines out of a byte stream cut anywhere."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line.decode(errors="replace")
+    if pending:
+        yield pending.decode(errors="replace")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

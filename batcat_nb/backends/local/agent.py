@@ -1,0 +1,346 @@
+"""The batcat agent: a warm process that keeps MLflow loaded and the next kernel started.
+
+A cold ``batcat run`` spends seconds importing MLflow, opening the store, importing papermill
+and starting a kernel before the first cell runs. The first run starts an agent for its
+environment (Python, batcat_nb's code, the MLFLOW_/AWS_/JUPYTER/PYTHON variables); later runs
+hand it their tracking calls and their job over a Unix socket. Every job still gets a fresh
+kernel with the caller's environment and directory. The agent exits after 10 idle minutes
+(``BATCAT_AGENT_IDLE`` seconds); ``BATCAT_AGENT=0`` runs everything in the caller instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..._version import PACKAGE_DIR, __version__
+from ...config import cache_dir
+from ...errors import BatcatError, TrackingError
+from ...manifest import Manifest
+from ...tracking import Tracker
+
+log = logging.getLogger("batcat_nb")
+
+AGENT_ENV = "BATCAT_AGENT"
+AGENT_DIR_ENV = "BATCAT_AGENT_DIR"
+IDLE_ENV = "BATCAT_AGENT_IDLE"
+DEFAULT_IDLE_SECONDS = 600.0
+START_TIMEOUT_SECONDS = 120.0
+# Variables that shape what a job or the tracking client sees at start-up: a change means
+# another agent, never a stale one.
+_KEY_PREFIXES = ("MLFLOW_", "AWS_", "JUPYTER", "PYTHON", "LD_", "VIRTUAL_ENV", "CONDA", "IPYTHON")
+
+
+def enabled() -> bool:
+    return os.environ.get(AGENT_ENV, "1").lower() not in ("0", "off", "false", "no")
+
+
+def agent_dir() -> Path:
+    directory = Path(os.environ.get(AGENT_DIR_ENV) or cache_dir() / "agents")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return directory
+
+
+def socket_path() -> Path:
+    """The socket of the agent for this Python and these variables (``<environment>-<code>``)."""
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_KEY_PREFIXES))
+    environment = json.dumps([sys.executable, env])
+    code = json.dumps([__version__, max(p.stat().st_mtime_ns for p in PACKAGE_DIR.rglob("*.py"))])
+    return agent_dir() / f"{_digest(environment)}-{_digest(code)}.sock"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# --- client -------------------------------------------------------------------------------
+
+
+def call(op: str, **payload: Any) -> dict[str, Any]:
+    """One request to this environment's agent, started if it is not running."""
+    path = socket_path()
+    connection = _connect(path) or _start(path)
+    with connection, connection.makefile("rwb") as stream:
+        stream.write(json.dumps({"op": op, **payload}).encode() + b"\n")
+        stream.flush()
+        line = stream.readline()
+    if not line:
+        raise BatcatError(f"the batcat agent ended during '{op}' (log: {path.with_suffix('.log')})")
+    reply: dict[str, Any] = json.loads(line)
+    if "error" in reply:
+        if reply.get("kind") == "TrackingError":
+            raise TrackingError(reply["error"])
+        raise BatcatError(f"the batcat agent failed: {reply['error']} (set {AGENT_ENV}=0 to bypass it)")
+    return reply
+
+
+def _connect(path: Path) -> socket.socket | None:
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(str(path))
+    except OSError:
+        connection.close()
+        return None
+    return connection
+
+
+def _start(path: Path) -> socket.socket:
+    environment = path.stem.split("-")[0]
+    _stop([(p, i) for p, i in running_agents() if p.stem.split("-")[0] == environment])  # older code
+    with open(path.with_suffix(".log"), "ab") as log_file:
+        subprocess.Popen(
+            [sys.executable, "-m", "batcat_nb.backends.local.agent", "--socket", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=path.parent,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        connection = _connect(path)
+        if connection is not None:
+            return connection
+        time.sleep(0.05)
+    raise BatcatError(f"the batcat agent did not start (log: {path.with_suffix('.log')}); set {AGENT_ENV}=0")
+
+
+# Tracker methods the agent runs for its clients (their arguments and results are JSON).
+_REMOTE_METHODS = frozenset(
+    {"experiment_id", "start_run", "fail_run", "find_run", "finished_children", "reopen_run", "end_run"}
+)
+
+
+class AgentTracker(Tracker):
+    """A Tracker whose calls run in the agent, where MLflow is already loaded."""
+
+    def _remote(self, method: str, **kwargs: Any) -> Any:
+        return call("tracker", uri=self.uri, method=method, kwargs=kwargs)["result"]
+
+    def experiment_id(self, name: str) -> str:
+        return str(self._remote("experiment_id", name=name))
+
+    def start_run(self, **kwargs: Any) -> tuple[str, str]:
+        run_id, experiment_id = self._remote("start_run", **kwargs)
+        return run_id, experiment_id
+
+    def fail_run(self, run_id: str, status: str, reason: str) -> None:
+        self._remote("fail_run", run_id=run_id, status=status, reason=reason)
+
+    def find_run(self, experiment_id: str, tag: str, value: str) -> str | None:
+        found = self._remote("find_run", experiment_id=experiment_id, tag=tag, value=value)
+        return str(found) if found else None
+
+    def finished_children(self, experiment_id: str, parent_id: str, key_tag: str) -> list[str]:
+        return list(
+            self._remote(
+                "finished_children", experiment_id=experiment_id, parent_id=parent_id, key_tag=key_tag
+            )
+        )
+
+    def reopen_run(self, run_id: str) -> None:
+        self._remote("reopen_run", run_id=run_id)
+
+    def end_run(self, run_id: str, status: str, tags: Any, metrics: Any) -> None:
+        self._remote("end_run", run_id=run_id, status=status, tags=dict(tags), metrics=dict(metrics))
+
+    def complete_run(self, run_id: str, manifest: Manifest, output_dir: Path | None) -> None:
+        call(
+            "complete_run",
+            uri=self.uri,
+            run_id=run_id,
+            manifest=manifest.to_dict(),
+            output_dir=str(output_dir) if output_dir else None,
+        )
+
+
+class AgentJob:
+    """A local job run by the agent's warm worker; same interface as the local backend's."""
+
+    def __init__(self, root: Path, parallel: int = 1) -> None:
+        self.root = root
+        self.parallel = parallel
+        self.exit_code: int | None = None
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        full_env = {**os.environ, **env}
+        threading.Thread(target=self._run, args=(full_env,), daemon=True).start()
+
+    def _run(self, env: dict[str, str]) -> None:
+        try:
+            reply = call("run_job", root=str(self.root), env=env, parallel=self.parallel)
+            self.exit_code = reply["exit"]
+        except BaseException as exc:  # the handle reports a job without a manifest
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def running(self) -> bool:
+        return not self._done.is_set()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._done.wait(timeout)
+
+    def stop(self) -> None:
+        with contextlib.suppress(BatcatError, OSError):
+            call("stop_job", root=str(self.root))
+
+
+# --- server -------------------------------------------------------------------------------
+
+
+class _Agent:
+    """What the agent keeps warm, and the requests it answers."""
+
+    def __init__(self, path: Path, idle: float) -> None:
+        import mlflow.tracking  # noqa: F401  (the point of the agent: loaded once)
+
+        from .pool import WorkerPool
+
+        self.pool = WorkerPool(min(2, os.cpu_count() or 1), path.with_suffix(".workers.log"))
+        self.trackers: dict[str, Tracker] = {}
+        self.idle = idle
+        self.last_seen = time.monotonic()
+        self.busy = 0
+        self.lock = threading.Lock()
+
+    def tracker(self, uri: str) -> Tracker:
+        with self.lock:
+            if uri not in self.trackers:
+                self.trackers[uri] = Tracker(uri)
+            return self.trackers[uri]
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request["op"]
+        if op == "tracker" and request["method"] in _REMOTE_METHODS:
+            method = getattr(self.tracker(request["uri"]), request["method"])
+            return {"result": method(**request["kwargs"])}
+        if op == "complete_run":
+            output_dir = Path(request["output_dir"]) if request["output_dir"] else None
+            manifest = Manifest.from_dict(request["manifest"])
+            self.tracker(request["uri"]).complete_run(request["run_id"], manifest, output_dir)
+            return {}
+        if op == "run_job":
+            self.pool.grow(request.get("parallel", 1))
+            future = self.pool.dispatch(Path(request["root"]), request["env"], replace_env=True)
+            return {"exit": future.result()}
+        if op == "stop_job":
+            self.pool.stop(Path(request["root"]))
+            return {}
+        if op == "ping":
+            return {"pid": os.getpid(), "idle": self.idle_for()}
+        raise ValueError(f"unknown request {op!r}")
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("op") == "ping":  # looking at an agent does not keep it alive
+            return self.handle(request)
+        with self.lock:
+            self.busy += 1
+        try:
+            return self.handle(request)
+        except TrackingError as exc:
+            return {"error": str(exc), "kind": "TrackingError"}
+        except Exception as exc:
+            log.exception("request %s failed", request.get("op"))
+            return {"error": f"{type(exc).__name__}: {exc}", "kind": "internal"}
+        finally:
+            with self.lock:
+                self.busy -= 1
+                self.last_seen = time.monotonic()
+
+    def idle_for(self) -> float:
+        with self.lock:
+            return 0.0 if self.busy else time.monotonic() - self.last_seen
+
+
+def serve(path: Path, idle: float) -> None:
+    """Answer requests on ``path`` until idle for ``idle`` seconds."""
+    with open(path.with_suffix(".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another agent for this environment is starting or running
+        agent = _Agent(path, idle)
+        path.unlink(missing_ok=True)
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                line = self.rfile.readline()
+                if line:
+                    reply = agent.answer(json.loads(line))
+                    self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+        server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+        server.daemon_threads = True
+        signal.signal(signal.SIGTERM, lambda *_: setattr(agent, "idle", 0.0))  # the watcher stops it
+        threading.Thread(target=_watch_idle, args=(agent, server), daemon=True).start()
+        try:
+            server.serve_forever(poll_interval=0.5)
+        finally:
+            path.unlink(missing_ok=True)
+            server.server_close()
+            agent.pool.close()
+
+
+def _watch_idle(agent: _Agent, server: socketserver.BaseServer) -> None:
+    while agent.idle_for() < agent.idle:
+        time.sleep(min(1.0, agent.idle / 4))
+    server.shutdown()
+
+
+def running_agents() -> list[tuple[Path, dict[str, Any]]]:
+    """The agents answering in the agent directory, with their ping replies."""
+    found = []
+    for path in sorted(agent_dir().glob("*.sock")):
+        connection = _connect(path)
+        if connection is None:
+            continue
+        with connection, connection.makefile("rwb") as stream:
+            stream.write(b'{"op": "ping"}\n')
+            stream.flush()
+            line = stream.readline()
+        if line:
+            found.append((path, json.loads(line)))
+    return found
+
+
+def stop_agents() -> int:
+    """Ask every running agent to stop; return how many were asked."""
+    agents = running_agents()
+    _stop(agents)
+    return len(agents)
+
+
+def _stop(agents: list[tuple[Path, dict[str, Any]]]) -> None:
+    for _, info in agents:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info["pid"], signal.SIGTERM)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m batcat_nb.backends.local.agent", description=__doc__)
+    parser.add_argument("--socket", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    idle = float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_SECONDS))
+    serve(args.socket, idle)
+
+
+if __name__ == "__main__":
+    main()

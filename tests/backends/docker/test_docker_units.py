@@ -1,0 +1,106 @@
+"""The Docker backend's pieces that need no engine: requests, config, image keys, the wheel."""
+
+from __future__ import annotations
+
+import zipfile
+from types import SimpleNamespace
+
+import pytest
+
+from batcat_nb.backends.docker import image as images
+from batcat_nb.backends.docker.backend import docker_config
+from batcat_nb.contract import build_request, file_uri, local_path
+from batcat_nb.errors import ConfigError, UsageError
+
+
+def make_request(**kwargs):
+    defaults = dict(
+        image="123456789012.dkr.ecr.us-east-1.amazonaws.com/batcat-runner:abc",
+        inputs={"code": "s3://bucket/job/code", "batcat": "s3://bucket/job/batcat", "data": "s3://b/d"},
+        outputs={"notebook": "s3://bucket/job/notebook", "report": "s3://b/r"},
+        environment={"MLFLOW_RUN_ID": "abc"},
+    )
+    return build_request(SimpleNamespace(job_name="nb-20261127-120000-ab12"), **{**defaults, **kwargs})
+
+
+def test_request_is_valid_for_the_sagemaker_service_model():
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    shape = model.operation_model("CreateProcessingJob").input_shape
+    report = ParamValidator().validate(make_request(max_runtime=3600), shape)
+    assert not report.has_errors(), report.generate_report()
+
+
+def test_request_follows_the_container_contract():
+    request = make_request()
+    [data] = [i for i in request["ProcessingInputs"] if i["InputName"] == "data"]
+    assert data["S3Input"] == {
+        "S3Uri": "s3://b/d",
+        "LocalPath": "/opt/ml/processing/input/data",
+        "S3DataType": "S3Prefix",
+        "S3InputMode": "File",
+    }
+    [report] = [o for o in request["ProcessingOutputConfig"]["Outputs"] if o["OutputName"] == "report"]
+    assert report["S3Output"]["LocalPath"] == "/opt/ml/processing/output/report"
+    assert report["S3Output"]["S3UploadMode"] == "EndOfJob"
+    assert request["AppSpecification"]["ContainerEntrypoint"] == ["python", "-m", "batcat_nb.worker"]
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 86400}
+    assert request["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 1
+
+
+def test_request_refuses_what_sagemaker_would():
+    with pytest.raises(UsageError, match="'data' names both an input and an output"):
+        make_request(inputs={"data": "s3://b/in"}, outputs={"data": "s3://b/out"})
+    with pytest.raises(UsageError, match="at most 10"):
+        make_request(inputs={f"i{n}": "s3://b/x" for n in range(11)})
+    with pytest.raises(UsageError, match="SageMaker allows 256"):
+        make_request(environment={"LONG": "x" * 300})
+    with pytest.raises(UsageError, match="neither s3://"):
+        make_request(inputs={"rel": "data/sales"})
+
+
+def test_file_uris_round_trip(tmp_path):
+    odd = tmp_path / "with space" / "and#hash"
+    assert local_path(file_uri(odd)) == odd
+
+
+def test_docker_options_come_from_config_env_and_arguments(monkeypatch):
+    monkeypatch.setenv("BATCAT_DOCKER_MEMORY", "2g")
+    monkeypatch.setenv("BATCAT_DOCKER_ENV", "A=1,B=x=y")
+    config = docker_config({"cpus": 1.5})
+    assert (config.memory, config.cpus) == ("2g", 1.5)
+    assert config.environment() == {"A": "1", "B": "x=y"}
+    assert docker_config({"env": {"C": 3}}).environment() == {"C": "3"}
+    assert docker_config({"user": "image"}).container_user() is None
+
+
+def test_bad_docker_options_are_refused():
+    with pytest.raises(ConfigError, match="did you mean 'memory'"):
+        docker_config({"memroy": "1g"})
+    with pytest.raises(ConfigError, match="not a size"):
+        docker_config({"memory": "lots"})
+    with pytest.raises(ConfigError, match="--env takes NAME=VALUE"):
+        docker_config({"env": ["NOVALUE"]})
+
+
+def test_comments_in_requirements_do_not_change_the_image(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("pandas\nscikit-learn  # models\n")
+    second.write_text("# the project's needs\npandas\n\nscikit-learn\n")
+    assert images._requirement_lines(first) == images._requirement_lines(second)
+
+
+def test_batcat_wheel_is_reproducible_and_carries_the_papermill_engine(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    one, two = images.build_batcat_wheel(tmp_path / "a"), images.build_batcat_wheel(tmp_path / "b")
+    assert one.read_bytes() == two.read_bytes()
+    with zipfile.ZipFile(one) as wheel:
+        names = wheel.namelist()
+        dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+        assert "batcat_nb/worker.py" in names and f"{dist_info}/RECORD" in names
+        assert (
+            "batcat = batcat_nb.engine:BatcatEngine" in wheel.read(f"{dist_info}/entry_points.txt").decode()
+        )
