@@ -5,25 +5,38 @@ BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: setup demo test lint provision
+.PHONY: setup demo test lint provision mutate
 
-setup: $(VENV)/.installed
+# Two installs: what the demo runs (batcat_nb, the MLflow UI, the examples' packages) and, for
+# the tests, everything (JupyterLab, Playwright, moto, linters...). Each is a stamp in the venv.
+DEMO := $(VENV)/.demo-installed
+DEV := $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+
+$(DEMO): pyproject.toml notebooks/requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[ui]' -r notebooks/requirements.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
+$(DEV): pyproject.toml notebooks/requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]' -r notebooks/requirements.txt
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@ $(DEMO)
+
+setup: $(DEV)
+
 ## Run the example training notebook locally, tracked in ./mlflow.db
-demo: setup
+demo: $(DEMO)
 	$(BIN)/batcat run notebooks/train_diabetes.ipynb -p alpha 0.05 -y 'l1_ratio: 0.5'
 
 lint: setup
-	$(BIN)/ruff check batcat_nb tests bench magics/00-batcat.py
-	$(BIN)/ruff format --check batcat_nb tests bench magics/00-batcat.py
+	$(BIN)/ruff check batcat_nb tests bench scripts magics/00-batcat.py
+	$(BIN)/ruff format --check batcat_nb tests bench scripts magics/00-batcat.py
 	$(BIN)/mypy
+	$(BIN)/python scripts/check_imports.py
 
 ## Lint, type-check and run the whole test suite (as root on Debian it first installs and
 ## starts what the tests need)

@@ -8,6 +8,7 @@ batcat worker uses the same engine with a kernel it started early and the run it
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from nbclient.exceptions import CellExecutionError
@@ -22,6 +23,7 @@ class BatcatNotebookClient(PapermillNotebookClient):
     """papermill's client, plus: a silent preamble, clean ``sys.exit(0)``, quick shutdown."""
 
     preamble = Unicode("", help="code run silently in the kernel before the first cell")
+    progress_file = Unicode("", help="where to write '<cells done> <cells>' after each cell")
 
     def __init__(self, nb_man: Any, **kwargs: Any) -> None:
         kwargs.setdefault("shutdown_kernel", "immediate")
@@ -46,6 +48,11 @@ class BatcatNotebookClient(PapermillNotebookClient):
                 break
             finally:
                 self.nb_man.cell_complete(self.nb.cells[index], cell_index=index)
+                self._report_progress(index + 1)
+
+    def _report_progress(self, done: int) -> None:
+        if self.progress_file:
+            Path(self.progress_file).write_text(f"{done} {len(self.nb.cells)}")
 
 
 def _mark_clean_exit(cell: Any) -> None:
@@ -78,6 +85,7 @@ class BatcatEngine(NBClientEngine):
         client = BatcatNotebookClient(
             nb_man,
             preamble=preamble,
+            progress_file=kwargs.pop("batcat_progress_file", ""),
             timeout=execution_timeout or kwargs.pop("timeout", None),
             startup_timeout=start_timeout,
             kernel_name=kernel_name,

@@ -52,6 +52,11 @@ class JobLayout:
         """Written before a warm worker is signalled to stop this job: signals carry no job."""
         return self.root / "stop-requested"
 
+    @property
+    def progress_file(self) -> Path:
+        """``<cells done> <cells>``, rewritten after each cell, when the launcher draws the bar."""
+        return self.root / "progress"
+
     def resolve(self, channel_path: str) -> Path:
         """``input/<name>`` or ``output/<name>`` to a directory of this layout."""
         return self.root / "processing" / channel_path

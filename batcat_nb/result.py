@@ -8,12 +8,40 @@ from typing import Any
 
 from .errors import RunFailed
 from .manifest import FINISHED, CellError
+from .ui import ui_command
 
 INTERRUPTED = "interrupted by the user (Ctrl-C)"
 
 
+class ShownOnce:
+    """A result the magics show as soon as its run ends, whether or not the call is assigned
+    (``r = %batcat_run ...``); IPython's own display of it in that same cell then shows nothing."""
+
+    _shown_in_cell: int | None = None
+
+    def show(self, shell: Any) -> None:
+        """Display it now, under the running cell."""
+        self._publish()
+        self._shown_in_cell = getattr(shell, "execution_count", None)
+
+    def _ipython_display_(self) -> None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None or self._shown_in_cell != shell.execution_count:
+            self._publish()
+
+    def _publish(self) -> None:
+        from IPython.display import publish_display_data
+
+        publish_display_data({"text/plain": str(self), "text/html": self._repr_html_()})
+
+    def _repr_html_(self) -> str:
+        raise NotImplementedError
+
+
 @dataclass
-class RunResult:
+class RunResult(ShownOnce):
     """The outcome of one run: status, where its outputs are, and its MLflow run."""
 
     job_name: str
@@ -59,7 +87,9 @@ class RunResult:
         rows += [(f"output {name}", where) for name, where in self.outputs.items()]
         if self.run_id:
             rows.append(("mlflow run", f"{self.run_id} (experiment {self.experiment_id})"))
-            rows.append(("open", self.run_url or _ui_hint(self.tracking_uri)))
+            rows.append(
+                ("open", self.run_url or f"{ui_command(self.tracking_uri)}  (then open the URL it prints)")
+            )
         return rows
 
     def __str__(self) -> str:
@@ -86,12 +116,6 @@ class RunResult:
         from dataclasses import asdict
 
         return asdict(self)
-
-
-def _ui_hint(tracking_uri: str) -> str:
-    if tracking_uri.startswith("sqlite:///"):
-        return "batcat ui  (then open the URL it prints)"
-    return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
 def _html_value(label: str, value: str) -> str:

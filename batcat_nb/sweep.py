@@ -27,7 +27,8 @@ from .backends import registry
 from .errors import UsageError
 from .manifest import FAILED, FINISHED, KILLED
 from .parameters import resolve_value
-from .result import INTERRUPTED, RunResult
+from .progress import progress_bar
+from .result import INTERRUPTED, RunResult, ShownOnce
 from .spec import RunRequest
 
 log = logging.getLogger("batcat_nb")
@@ -53,7 +54,7 @@ class SweepRequest:
 
 
 @dataclass
-class SweepResult:
+class SweepResult(ShownOnce):
     """Every combination's result, best first when there is an objective."""
 
     name: str
@@ -197,7 +198,7 @@ class _Sweep:
             done = set(self.tracker.finished_children(experiment_id, parent, TAG_SWEEP_KEY))
             todo = [s for s in self.specs if self.request.rerun or _key(s.recorded_parameters) not in done]
             with (
-                _progress(len(todo), self.name, self.base.progress) as bar,
+                progress_bar(len(todo), self.name, "run", self.base.progress) as bar,
                 ThreadPoolExecutor(max_workers=parallel) as executor,
             ):
                 futures = [executor.submit(self._run_one, spec, parent) for spec in todo]
@@ -274,12 +275,6 @@ class _Sweep:
         status = KILLED if interrupted else FAILED if failures else FINISHED
         self.tracker.end_run(parent, status, tags, metrics)
         return SweepResult(self.name, parent, ordered, skipped, objective, best, duration, failures)
-
-
-def _progress(total: int, name: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=name, unit="run", disable=not enabled)
 
 
 def _not_run(spec: Any, reason: str) -> RunResult:

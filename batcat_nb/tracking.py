@@ -218,13 +218,6 @@ class Tracker:
         self.client.set_tag(run_id, TAG_REASON, reason[:_TAG_MAX])
         self.client.set_terminated(run_id, status=status)
 
-    def run_url(self, experiment_id: str, run_id: str, ui_base: str | None = None) -> str | None:
-        """The run's page in the MLflow UI, when we know where the UI is."""
-        base = ui_base or (self.uri if self.uri.startswith(("http://", "https://")) else None)
-        if base is None:
-            return None
-        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
 
 def _user() -> str:
     try:

@@ -230,13 +230,15 @@ class Worker:
                 IN_JOB_ENV: self.job["job_name"],
             }
             log_output = bool(self.job.get("log_output"))
+            launcher_bar = self.job.get("progress") == "file"  # the launcher draws it from this file
+            progress_file = str(self.layout.progress_file) if launcher_bar else ""
             papermill.execute_notebook(
                 str(self.code_dir / self.job["notebook"]),
                 str(self.output_dir / self.manifest.notebook),
                 parameters=parameters,
                 engine_name="batcat",
                 kernel_name=self.job["kernel"],
-                progress_bar=self.job.get("progress", True),
+                progress_bar=bool(self.job.get("progress", True)) and not launcher_bar,
                 log_output=log_output,
                 stdout_file=sys.stdout if log_output else None,
                 stderr_file=sys.stderr if log_output else None,
@@ -244,6 +246,7 @@ class Worker:
                 cwd=str(self.code_dir),
                 km=km,
                 batcat_preamble=job_preamble(self.code_dir, env, replace=replace_env),
+                batcat_progress_file=progress_file,
             )
         finally:
             _shutdown_kernel(km)

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Protocol
 
+from .. import ui
 from ..manifest import FAILED, KILLED, RUNNING, Manifest
 from ..result import RunResult
 from ..spec import JobSpec
@@ -150,7 +151,7 @@ class JobHandle(ABC):
         tracker_uri = self.tracker.uri if self.tracker else self.spec.tracking_uri
         run_url = None
         if self.tracker and self.spec.run_id and self.spec.experiment_id:
-            run_url = self.tracker.run_url(self.spec.experiment_id, self.spec.run_id)
+            run_url = ui.run_url(tracker_uri, self.spec.experiment_id, self.spec.run_id)
         return RunResult(
             job_name=self.job_name,
             status=manifest.status,

@@ -91,7 +91,11 @@ def ui(port: int, tracking_uri: str | None) -> None:
     uri = tracking_uri or default_tracking_uri()
     if importlib.util.find_spec("mlflow.server") is None or importlib.util.find_spec("flask") is None:
         raise UsageError("the MLflow UI needs the full mlflow package: pip install 'batcat_nb[ui]'")
-    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
+    from ..ui import record_ui
+
+    url = f"http://127.0.0.1:{port}"
+    click.echo(f"MLflow UI for {uri} at {url}", err=True)
+    record_ui(uri, url)  # summaries printed while it runs link to their run
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     command = ["-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1"]
     os.execvp(sys.executable, [sys.executable, *command, "--port", str(port), "--workers", "1"])

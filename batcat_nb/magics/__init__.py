@@ -212,13 +212,17 @@ class BatcatMagics(Magics):
             from ..sweep import run_sweep
 
             self._with_defaults(sweep.base, wait)
-            return run_sweep(sweep)
+            swept = run_sweep(sweep)
+            swept.show(self.shell)
+            return swept
         request = self._with_defaults(request_from_options(options), wait)
         job = self.jobs.add(api.submit(request), self.poll_interval)
         if not wait:
             job.complete_in_background()
             return job
-        return self._linked(job.follow())
+        result = self._linked(job.follow())
+        result.show(self.shell)
+        return result
 
     @line_magic
     @_usage_errors
@@ -331,10 +335,11 @@ class BatcatMagics(Magics):
     def _linked(self, result: RunResult) -> RunResult:
         """Give the summary a link to the run when the MLflow UI's address is configured."""
         if result.run_url is None and self.mlflow_ui_url and result.run_id and result.experiment_id:
-            from ..tracking import Tracker
+            from ..ui import run_url
 
-            tracker = Tracker(result.tracking_uri)
-            result.run_url = tracker.run_url(result.experiment_id, result.run_id, ui_base=self.mlflow_ui_url)
+            result.run_url = run_url(
+                result.tracking_uri, result.experiment_id, result.run_id, self.mlflow_ui_url
+            )
         return result
 
     def _experiments(self, client: Any, names: list[str] | None) -> tuple[dict[str, str], str]:

@@ -217,3 +217,34 @@ def test_git_provenance_is_tagged(project, experiment, runs_of):
     nb.write_text(nb.read_text().replace("x = 1", "x = 2"))
     run_batcat("run", str(nb), "-e", experiment)
     assert runs_of(experiment)[0].data.tags["batcat.git.dirty"] == "true"
+
+
+def test_the_summary_links_to_a_running_batcat_ui_else_names_the_command_for_that_store(
+    project, experiment, tmp_path, monkeypatch
+):
+    import subprocess
+    import time
+
+    from conftest import BATCAT, free_port
+
+    monkeypatch.setenv("BATCAT_CACHE_DIR", str(tmp_path / "cache"))
+    tracking_uri = f"sqlite:///{tmp_path / 'other.db'}"  # not the default store: its command names it
+    hello = str(EXAMPLES / "hello.ipynb")
+    done = run_batcat("run", hello, "-e", experiment, "--tracking-uri", tracking_uri, "--no-progress")
+    assert f"open        batcat ui --tracking-uri {tracking_uri}  (then open" in done.stdout
+
+    port = free_port()
+    ui = subprocess.Popen([BATCAT, "ui", "--port", str(port), "--tracking-uri", tracking_uri])
+    try:
+        records = tmp_path / "cache" / "ui"
+        deadline = time.monotonic() + 120
+        while not list(records.glob("*.json")):  # batcat ui records itself before its server starts
+            assert ui.poll() is None and time.monotonic() < deadline, "batcat ui did not start"
+            time.sleep(0.05)
+        done = run_batcat("run", hello, "-e", experiment, "--tracking-uri", tracking_uri, "--no-progress")
+        assert f"open        http://127.0.0.1:{port}/#/experiments/" in done.stdout, done.stdout
+    finally:
+        ui.terminate()
+        ui.wait(30)
+    done = run_batcat("run", hello, "-e", experiment, "--tracking-uri", tracking_uri, "--no-progress")
+    assert "batcat ui --tracking-uri" in done.stdout  # the UI is gone: the command again

@@ -18,6 +18,7 @@ from conftest import REPO, output_notebook, run_batcat, write_notebook
 pytestmark = pytest.mark.slow
 
 TOUR = REPO / "magics" / "tour.ipynb"
+WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def execute(nb: Any, cwd: Path, timeout: float = 240) -> Any:
@@ -41,6 +42,10 @@ def outputs(cell: Any, kind: str) -> str:
     return "".join(found)
 
 
+def has_widget(cell: Any) -> bool:
+    return any(WIDGET in output.get("data", {}) for output in cell.get("outputs", []))
+
+
 def cell_with(nb: Any, text: str) -> Any:
     return next(cell for cell in nb.cells if cell.cell_type == "code" and text in cell.source)
 
@@ -59,7 +64,7 @@ def test_the_tour_runs_every_magic_and_records_its_runs(project, experiment, run
 
     hello = outputs(cell_with(nb, "hello.ipynb -p alpha=$alpha"), "text/html")
     assert "class='batcat-result'" in hello and ">FINISHED<" in hello
-    assert "Executing:" in outputs(cell_with(nb, "hello.ipynb -p alpha=$alpha"), "stderr")  # the progress bar
+    assert has_widget(cell_with(nb, "hello.ipynb -p alpha=$alpha"))  # the progress bar
     sales = outputs(cell_with(nb, "sales_report.ipynb"), "text/plain")
     assert "total_revenue=" in sales and str(project / "report") in sales
     assert (project / "report" / "summary.csv").is_file()
@@ -139,3 +144,28 @@ def test_the_tour_run_by_batcat_run_finishes_without_submitting_anything(project
 
 def _no_session() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "JPY_SESSION_NAME"}
+
+
+def test_the_summary_card_shows_once_whether_or_not_the_result_is_assigned(project, experiment):
+    hello = REPO / "notebooks" / "hello.ipynb"
+    notebook = write_notebook(
+        project / "cards.ipynb",
+        None,
+        "%load_ext batcat_nb",
+        f"r = %batcat_run {hello} -e {experiment}",
+        f"%batcat_run {hello} -e {experiment} --no-progress",
+        "r",
+        f"s = %batcat_run {hello} -e {experiment} --grid n=1,2 --no-progress",
+    )
+    nb = execute(nbformat.read(str(notebook), as_version=4), project)
+
+    def cards(cell: Any) -> int:
+        return sum("class='batcat-result'" in o.get("data", {}).get("text/html", "") for o in cell.outputs)
+
+    assigned, bare = cell_with(nb, "r = %batcat_run"), cell_with(nb, "--no-progress")
+    later = next(cell for cell in nb.cells if cell.source == "r")
+    assert (cards(assigned), cards(bare), cards(later)) == (1, 1, 1)  # a later cell shows it again
+    sweep = cell_with(nb, "--grid")
+    assert sum("<table" in o.get("data", {}).get("text/html", "") for o in sweep.outputs) == 1
+    assert has_widget(assigned) and "Executing" not in outputs(assigned, "stderr")  # a widget, not stderr
+    assert not has_widget(bare)

@@ -27,6 +27,7 @@ from ...worker import TRACKING_FROM_STDIN_ENV
 from ..base import JobHandle
 from . import agent
 from .pool import WorkerPool
+from .progress import CellProgress
 
 STOP_GRACE_SECONDS = 10.0
 
@@ -113,19 +114,21 @@ class LocalHandle(JobHandle):
             self._run = _PooledWorker(pool, self.root)
         elif agent.enabled():
             self._run = agent.AgentJob(self.root, parallel)
-            if spec.progress or spec.log_output:
+            if spec.log_output:
                 self._follower = threading.Thread(
                     target=_follow, args=(self.log_path, self._run), daemon=True
                 )
                 self._follower.start()
         else:
             self._run = _OwnWorker(self.root, self.log_path, spec)
+        self._progress: CellProgress | None = None
 
     def _lay_out(self) -> None:
         spec, layout = self.spec, self.layout
         _link(layout.input(CODE_CHANNEL), Path(spec.notebook).parent)
         layout.job_file.parent.mkdir(parents=True)
-        layout.job_file.write_text(json.dumps(spec.worker_job(), indent=2))
+        job = {**spec.worker_job(), "progress": "file" if spec.progress else False}  # the bar is drawn here
+        layout.job_file.write_text(json.dumps(job, indent=2))
         _link(layout.output(NOTEBOOK_CHANNEL), self.output_dir)
         for name, source in spec.inputs.items():
             if is_s3(source):
@@ -143,6 +146,8 @@ class LocalHandle(JobHandle):
     def _on_attach(self) -> None:
         assert self.tracker is not None and self.spec.run_id and self.spec.experiment_id
         self._run.start(run_env(self.tracker.uri, self.spec.run_id, self.spec.experiment_id))
+        if self.spec.progress:
+            self._progress = CellProgress(self.layout.progress_file, self._run.wait)
 
     def status(self) -> str:
         if self._run.running():
@@ -157,6 +162,8 @@ class LocalHandle(JobHandle):
             return False
         if self._follower is not None:
             self._follower.join()
+        if self._progress is not None:
+            self._progress.join()
         return True
 
     def _fetch_outputs(self) -> Path:
@@ -188,7 +195,7 @@ class _OwnWorker:
             env=env,
             start_new_session=True,  # Ctrl-C reaches us, not the worker: we stop it cleanly
         )
-        echo = sys.stderr if spec.progress or spec.log_output else None
+        echo = sys.stderr if spec.log_output else None
         self._pump = threading.Thread(target=_pump, args=(self.process.stdout, log_path, echo), daemon=True)
         self._pump.start()
 

@@ -398,20 +398,15 @@ def test_polling_rides_out_throttling_and_follows_a_stop_through_stopping(
 
 
 def _cli() -> Any:
-    from batcat_nb.backends.sagemaker import cli as jobs_cli
     from batcat_nb.cli import cli
 
-    jobs_cli.register(cli)
     return cli
 
 
 def batcat(*args: str) -> tuple[int, str]:
     """``batcat ARGS`` in this process, through the same entry point as the command (main)."""
-    from batcat_nb import cli as cli_module
-
-    _cli()
     runner = CliRunner()
-    done = runner.invoke(cli_module.cli, list(args), standalone_mode=False, catch_exceptions=True)
+    done = runner.invoke(_cli(), list(args), standalone_mode=False, catch_exceptions=True)
     if done.exception is not None and not isinstance(done.exception, SystemExit):
         from batcat_nb.errors import BatcatError
 
@@ -554,20 +549,12 @@ def _s3_text(bucket: str, key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# The real `batcat` command (once cli.run_options carries the backend options)
-
-
-def wired() -> bool:
-    from batcat_nb.cli import run
-
-    return any(param.name == "role" for param in run.params)
+# The real `batcat` command
 
 
 def test_batcat_run_backend_sagemaker_from_the_shell(train, options, experiment, fake_sagemaker, runs_of):
     from conftest import run_batcat
 
-    if not wired():
-        pytest.skip("cli.run_options does not carry the SageMaker options yet (see the wiring diff)")
     args = ["run", str(train), "-e", experiment, "--backend", "sagemaker", "--no-progress"]
     args += ["--role", options["role"], "--s3-prefix", options["s3_prefix"], "--image", options["image"]]
     args += ["--instance-type", "ml.t3.medium", "--include", "helper.py", "--input", "data=data"]
