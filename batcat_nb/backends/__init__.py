@@ -26,7 +26,7 @@ BUILTIN = {
     "sagemaker": "batcat_nb.backends.sagemaker.backend:SageMakerBackend",
 }
 
-# Each built-in backend's command line (its ``SECTION``, ``RUN_OPTIONS``, ``OPTION_KEYS`` and
+# Each built-in backend's command line (its ``SECTION``, ``RUN_OPTIONS`` and
 # ``COMMANDS``); a backend without options of its own has none.
 BACKEND_CLIS = {
     "docker": "batcat_nb.backends.docker.cli",

@@ -95,22 +95,8 @@ def _core_options() -> list[Any]:
             help="Inject parameters the notebook does not declare (with a warning).",
         ),
         option(run, "--backend", "-b", default=None, help="local (default), docker, sagemaker."),
-        option(
-            run,
-            "--input",
-            "inputs",
-            multiple=True,
-            metavar="NAME=PATH|S3URI",
-            help="Input channel; a parameter NAME_dir receives its directory.",
-        ),
-        option(
-            run,
-            "--output",
-            "outputs",
-            multiple=True,
-            metavar="NAME=PATH|S3URI",
-            help="Output channel; a parameter NAME_dir receives its directory.",
-        ),
+        _channel_option(run, "input"),
+        _channel_option(run, "output"),
         option(
             run,
             "--output-dir",
@@ -206,7 +192,13 @@ def _core_options() -> list[Any]:
     ]
 
 
-CONTAINER_OPTIONS = {"image": "image", "env": "env", "include": "include"}  # option -> config key
+def _channel_option(section: str, kind: str) -> Any:
+    """``--input`` or ``--output``: a channel, whose directory a parameter NAME_dir receives."""
+    help_text = f"{kind.capitalize()} channel; a parameter NAME_dir receives its directory."
+    return option(section, f"--{kind}", f"{kind}s", multiple=True, metavar="NAME=PATH|S3URI", help=help_text)
+
+
+CONTAINER_OPTIONS = ("image", "env", "include")  # destinations of the options both containers take
 
 
 def _backend_clis() -> list[Any]:
@@ -225,11 +217,9 @@ def run_options(command: Any) -> Any:
 
 def backend_options_from(options: dict[str, Any]) -> dict[str, Any]:
     """The parsed backend options to ``RunRequest.backend_options``: only those given."""
-    keys = dict(CONTAINER_OPTIONS)
-    for module in _backend_clis():
-        keys.update(module.OPTION_KEYS)
+    names = [*CONTAINER_OPTIONS, *(_dest(decls) for m in _backend_clis() for decls, _ in m.RUN_OPTIONS)]
     found: dict[str, Any] = {}
-    for name, key in keys.items():
+    for name in names:
         value = options.get(name)
         if value is None or value == () or value == []:
             continue
@@ -237,8 +227,13 @@ def backend_options_from(options: dict[str, Any]) -> dict[str, Any]:
             value = parse_pairs(value, "--env")
         elif isinstance(value, tuple):
             value = list(value)
-        found[key] = value
+        found[name] = value
     return found
+
+
+def _dest(decls: tuple[str, ...]) -> str:
+    """Where click puts an option's value: its explicit name, else its flag in snake case."""
+    return next((d for d in decls if not d.startswith("-")), decls[0].lstrip("-").replace("-", "_"))
 
 
 def request_from_options(options: dict[str, Any]) -> Any:

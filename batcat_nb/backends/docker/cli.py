@@ -17,16 +17,8 @@ from ...errors import UsageError
 log = logging.getLogger("batcat_nb")
 
 SECTION = "Docker"
-# option name -> DockerConfig key; only the values given on the command line are passed on.
-OPTION_KEYS = {
-    "base_image": "base_image",
-    "requirements": "requirements",
-    "cpus": "cpus",
-    "memory": "memory",
-    "gpus": "gpus",
-    "pass_aws_credentials": "pass_aws_credentials",
-}
-# The Docker options of ``batcat run`` (and of the magics, which parse with it): click's arguments.
+# The Docker options of ``batcat run`` (and of the magics, which parse with it): click's arguments;
+# each one's destination is its DockerConfig key.
 RUN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--base-image",), {"default": None, "metavar": "IMAGE", "help": "Base of the runner image."}),
     (

@@ -15,20 +15,8 @@ from typing import Any
 import click
 
 SECTION = "SageMaker"
-# option name -> SageMakerConfig key; only values given on the command line are passed on.
-OPTION_KEYS = {
-    "role": "role",
-    "s3_prefix": "s3_prefix",
-    "region": "region",
-    "instance_type": "instance_type",
-    "instance_count": "instance_count",
-    "volume_size": "volume_size",
-    "max_runtime": "max_runtime",
-    "subnets": "subnets",
-    "security_groups": "security_groups",
-    "kms_key": "kms_key",
-}
-# The SageMaker options of ``batcat run`` and ``batcat submit``: click's arguments.
+# The SageMaker options of ``batcat run`` and ``batcat submit``: click's arguments; each one's
+# destination is its SageMakerConfig key.
 RUN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--role",), {"default": None, "metavar": "ARN", "help": "IAM role the job runs as."}),
     (
