@@ -122,7 +122,7 @@ class DockerBackend:
         """MLflow through the warm agent, as for local runs: the launcher never imports MLflow."""
         from ..local import agent
 
-        return agent.AgentTracker(uri) if agent.enabled() else Tracker(uri)
+        return agent.tracker(uri)
 
 
 class DockerHandle(JobHandle):

@@ -168,6 +168,11 @@ class AgentTracker(Tracker):
         )
 
 
+def tracker(uri: str) -> Tracker:
+    """MLflow through the warm agent when agents are on (the launcher never imports MLflow)."""
+    return AgentTracker(uri) if enabled() else Tracker(uri)
+
+
 class AgentJob:
     """A local job run by the agent's warm worker; same interface as the local backend's."""
 

@@ -58,7 +58,7 @@ class LocalBackend:
 
     def tracker(self, uri: str) -> Tracker:
         """Tracking through the warm agent when it runs our jobs too."""
-        return agent.AgentTracker(uri) if agent.enabled() else Tracker(uri)
+        return agent.tracker(uri)
 
     @contextmanager
     def concurrent(self, size: int, log_path: Path) -> Iterator[None]:
