@@ -32,6 +32,17 @@ BACKEND_CLIS = {
     "docker": "batcat_nb.backends.docker.cli",
     "sagemaker": "batcat_nb.backends.sagemaker.cli",
 }
+# Options every container backend takes (option name -> config key).
+CONTAINER_OPTIONS = {"image": "image", "env": "env", "include": "include"}
+
+
+def option_keys() -> dict[str, str]:
+    """Every backend option of ``batcat run`` (option name -> config key): containers' and each
+    built-in backend's ``OPTION_KEYS``; a workflow step takes the same ones."""
+    keys = dict(CONTAINER_OPTIONS)
+    for target in BACKEND_CLIS.values():
+        keys.update(importlib.import_module(target).OPTION_KEYS)
+    return keys
 
 
 class BackendRegistry:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..backends import BACKEND_CLIS
+from ..backends import BACKEND_CLIS, option_keys
 from ..config import parse_pairs
 
 OTHER = "Other options"
@@ -206,9 +206,6 @@ def _core_options() -> list[Any]:
     ]
 
 
-CONTAINER_OPTIONS = {"image": "image", "env": "env", "include": "include"}  # option -> config key
-
-
 def _backend_clis() -> list[Any]:
     return [importlib.import_module(target) for target in BACKEND_CLIS.values()]
 
@@ -225,11 +222,8 @@ def run_options(command: Any) -> Any:
 
 def backend_options_from(options: dict[str, Any]) -> dict[str, Any]:
     """The parsed backend options to ``RunRequest.backend_options``: only those given."""
-    keys = dict(CONTAINER_OPTIONS)
-    for module in _backend_clis():
-        keys.update(module.OPTION_KEYS)
     found: dict[str, Any] = {}
-    for name, key in keys.items():
+    for name, key in option_keys().items():
         value = options.get(name)
         if value is None or value == () or value == []:
             continue
