@@ -33,7 +33,7 @@ from .model import Step, StepOutput, Workflow
 
 log = logging.getLogger("batcat_nb")
 
-TAG_NAME = "batcat.workflow.name"
+TAG_NAME = "batcat.workflow.name"  # the parent run's only: resuming finds the last by it
 TAG_EXECUTION = "batcat.workflow.execution"
 TAG_SHA = "batcat.workflow.sha256"
 TAG_FILE = "batcat.workflow.file"
@@ -241,7 +241,6 @@ class _Execution:
         tags = {
             TAG_PARENT: parent,
             TAG_STEP: name,
-            TAG_NAME: self.workflow.name,
             TAG_EXECUTION: self.execution,
         }
         return follow(api.start(self.backend, self.tracker, spec, tags), self._stop, lambda: INTERRUPTED)
