@@ -12,11 +12,12 @@ from typing import Any
 import click
 
 from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
+from .workflow_deploy import COMMANDS as AWS_COMMANDS
 
 
 @click.group()
 def workflow() -> None:
-    """Pipelines of notebooks (workflows/*.yaml): check, run here."""
+    """Pipelines of notebooks (workflows/*.yaml): check, run here, deploy to AWS Step Functions."""
 
 
 @click.command("check")
@@ -92,6 +93,6 @@ def run(
         sys.exit(EXIT_INTERRUPTED if outcome.interrupted else EXIT_FAILED)
 
 
-COMMANDS: list[click.Command] = [check, run]  # the AWS commands (deploy, trigger, ...) join here
+COMMANDS: list[click.Command] = [check, run, *AWS_COMMANDS]
 for command in COMMANDS:
     workflow.add_command(command)

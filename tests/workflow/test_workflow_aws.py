@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_fixtures import REGION, ROLE, s3_keys
+from aws_fixtures import REGION, ROLE, report_eventbridge_notifications, s3_keys
 from conftest import write_notebook
 
 from batcat_nb.backends.sagemaker import aws
@@ -52,29 +52,7 @@ def interpreter(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
 
 @pytest.fixture(autouse=True)
 def eventbridge_notifications_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto stores a bucket's EventBridgeConfiguration but leaves it out of
-    GetBucketNotificationConfiguration; S3 returns it (an empty element). Answer as S3 does."""
-    from moto.core.responses import ActionResult
-    from moto.s3.responses import S3Response
-
-    original = S3Response.get_bucket_notification
-
-    def get_bucket_notification(self: Any) -> Any:
-        found = self.backend.get_bucket_notification_configuration(self.bucket_name)
-        serialized = self.serialized
-
-        def with_eventbridge(result: Any) -> Any:
-            if found is not None and found.event_bridge is not None and isinstance(result, ActionResult):
-                result._result["EventBridgeConfiguration"] = {}
-            return serialized(result)
-
-        self.serialized = with_eventbridge
-        try:
-            return original(self)
-        finally:
-            del self.serialized
-
-    monkeypatch.setattr(S3Response, "get_bucket_notification", get_bucket_notification)
+    report_eventbridge_notifications(monkeypatch.setattr)
 
 
 @pytest.fixture
