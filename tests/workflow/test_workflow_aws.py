@@ -409,8 +409,16 @@ def test_delete_removes_everything_deploy_created(
 ) -> None:
     code, out, err = batcat_workflow(capsys, "deploy", str(pipeline), "--create-roles")
     assert code == 0, err
+    assert "created role batcat-sales-job" in out and "created role batcat-sales-states" in out
     iam = aws.client("iam", REGION)
-    assert iam.get_role(RoleName="batcat-sales-job")["Role"]["Arn"]
+    policy = iam.get_role_policy(RoleName="batcat-sales-states", PolicyName="batcat")["PolicyDocument"]
+    assert {
+        "Effect": "Allow",
+        "Action": "states:StartExecution",
+        "Resource": f"arn:aws:states:*:123456789012:stateMachine:batcat-sales",
+    } in policy["Statement"]
+    code, out, err = batcat_workflow(capsys, "deploy", str(pipeline), "--create-roles")
+    assert code == 0 and out.strip().endswith(f"sales: unchanged ({state_machine_arn()})"), out + err
     aws.client("s3", REGION).put_object(Bucket=bucket, Key="jobs/sales/executions/x/keep.txt", Body=b"1")
     code, out, err = batcat_workflow(capsys, "list")
     assert f"sales{' ' * 35} {state_machine_arn()}" in out
