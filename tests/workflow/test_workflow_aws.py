@@ -415,7 +415,7 @@ def test_delete_removes_everything_deploy_created(
     assert {
         "Effect": "Allow",
         "Action": "states:StartExecution",
-        "Resource": f"arn:aws:states:*:123456789012:stateMachine:batcat-sales",
+        "Resource": "arn:aws:states:*:123456789012:stateMachine:batcat-sales",
     } in policy["Statement"]
     code, out, err = batcat_workflow(capsys, "deploy", str(pipeline), "--create-roles")
     assert code == 0 and out.strip().endswith(f"sales: unchanged ({state_machine_arn()})"), out + err
