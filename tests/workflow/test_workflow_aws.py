@@ -433,6 +433,8 @@ def test_delete_removes_everything_deploy_created(
         r["RoleName"] for r in iam.list_roles()["Roles"] if r["RoleName"].startswith("batcat-sales")
     ] == []
     assert s3_keys(bucket, "jobs/sales/") == ["jobs/sales/executions/x/keep.txt"]
+    notification = aws.client("s3", REGION).get_bucket_notification_configuration(Bucket=bucket)
+    assert "EventBridgeConfiguration" not in notification  # deploy switched it on, delete off
     code, _, err = batcat_workflow(capsys, "status", "sales")
     assert code == 2 and "workflow 'sales' is not deployed" in err
 

@@ -39,6 +39,7 @@ NOT_FOUND = frozenset(
     }
 )
 FAILED_STATUSES = ["FAILED", "TIMED_OUT", "ABORTED"]
+SWITCHED_ON = "eventbridge_switched_on"  # the bucket whose EventBridge notifications deploy switched on
 READ_PREFIXES = ("Describe", "Get", "List", "Head")
 
 
@@ -81,9 +82,9 @@ def deploy(plan: Plan, echo: Callable[[str], None]) -> list[str]:
     _stage_code(plan, calls, changes)
     arn = _state_machine(plan, calls, changes)
     _schedule(plan, arn, calls, changes)
-    _s3_rule(plan, arn, calls, changes)
+    switched_on = _s3_rule(plan, arn, calls, changes)
     _failure_rule(plan, arn, calls, changes)
-    _record(plan, arn, calls, changes)
+    _record(plan, arn, switched_on, calls, changes)
     for change in changes:
         echo(f"  {change}")
     echo(f"{plan.workflow.name}: {'updated' if changes else 'unchanged'} ({arn})")
@@ -209,12 +210,12 @@ def failure_pattern(state_machine_arn: str) -> dict[str, Any]:
     }
 
 
-def _s3_rule(plan: Plan, arn: str, calls: AwsCalls, changes: list[str]) -> None:
+def _s3_rule(plan: Plan, arn: str, calls: AwsCalls, changes: list[str]) -> bool:
+    """The rule for ``on_s3``; True when the bucket's EventBridge notifications were off."""
     on_s3 = plan.workflow.on_s3
     target = {"Id": "state-machine", "Arn": arn, "RoleArn": plan.execution_role}
     _rule(plan, plan.names.s3_rule, s3_event_pattern(on_s3) if on_s3 else None, target, calls, changes)
-    if on_s3:
-        _bucket_events(split_s3(on_s3)[0], calls, changes)
+    return bool(on_s3) and _bucket_events(split_s3(str(on_s3))[0], calls, changes, on=True)
 
 
 def _failure_rule(plan: Plan, arn: str, calls: AwsCalls, changes: list[str]) -> None:
@@ -266,11 +267,12 @@ def _rule(
         changes.append(f"set the target of rule {name} to {target['Arn']}")
 
 
-def _bucket_events(bucket: str, calls: AwsCalls, changes: list[str]) -> None:
-    """Switch the bucket's EventBridge notifications on, keeping every other notification."""
+def _bucket_events(bucket: str, calls: AwsCalls, changes: list[str], on: bool) -> bool:
+    """Switch the bucket's EventBridge notifications on (off), keeping every other notification;
+    False when they already were."""
     found = calls("s3", "get_bucket_notification_configuration", Bucket=bucket)
-    if "EventBridgeConfiguration" in found:
-        return
+    if ("EventBridgeConfiguration" in found) == on:
+        return False
     kept = {
         k: v
         for k, v in found.items()
@@ -280,14 +282,19 @@ def _bucket_events(bucket: str, calls: AwsCalls, changes: list[str]) -> None:
         "s3",
         "put_bucket_notification_configuration",
         Bucket=bucket,
-        NotificationConfiguration={**kept, "EventBridgeConfiguration": {}},
+        NotificationConfiguration={**kept, **({"EventBridgeConfiguration": {}} if on else {})},
     )
-    changes.append(f"switched on EventBridge notifications of bucket {bucket}")
+    changes.append(f"switched {'on' if on else 'off'} EventBridge notifications of bucket {bucket}")
+    return True
 
 
-def _record(plan: Plan, arn: str, calls: AwsCalls, changes: list[str]) -> None:
+def _record(plan: Plan, arn: str, switched_on: bool, calls: AwsCalls, changes: list[str]) -> None:
+    """``deployment.json``, remembering whether deploy switched the bucket's notifications on."""
     record = plan.record(arn)
-    found = read_record(plan.root, calls)
+    found = read_record(plan.root, calls) or {}
+    bucket = split_s3(plan.workflow.on_s3)[0] if plan.workflow.on_s3 else None
+    if switched_on or (bucket and found.get(SWITCHED_ON) == bucket):
+        record[SWITCHED_ON] = bucket
     if found == record:
         return
     bucket, key = split_s3(plan.root)
@@ -348,6 +355,9 @@ def delete(name: str, region: str, echo: Callable[[str], None]) -> list[str]:
         if calls.find("events", "describe_rule", Name=rule) is not None:
             delete_rule(rule, calls)
             removed.append(f"rule {rule}")
+    bucket = record.get(SWITCHED_ON)
+    if bucket and not _watched(bucket, calls):
+        _bucket_events(bucket, calls, removed, on=False)
     calls("stepfunctions", "delete_state_machine", stateMachineArn=record["state_machine"])
     removed.append(f"state machine {names.state_machine}")
     bucket, key = split_s3(record["root"])
@@ -358,9 +368,20 @@ def delete(name: str, region: str, echo: Callable[[str], None]) -> list[str]:
     removed.append(f"{len(staged)} staged object(s) under {record['root']} (execution outputs kept)")
     removed += workflow_iam.delete_roles(name, calls)
     for line in removed:
-        echo(f"  deleted {line}")
+        echo(f"  {line if line.startswith('switched') else 'deleted ' + line}")
     echo(f"{name}: deleted")
     return removed
+
+
+def _watched(bucket: str, calls: AwsCalls) -> bool:
+    """Whether another workflow's ``on_s3`` rule still listens to ``bucket``."""
+    for rule in calls("events", "list_rules", NamePrefix="batcat-").get("Rules", []):
+        pattern = json.loads(rule.get("EventPattern") or "{}")
+        if rule["Name"].endswith("-on-s3") and bucket in pattern.get("detail", {}).get("bucket", {}).get(
+            "name", []
+        ):
+            return True
+    return False
 
 
 def delete_rule(name: str, calls: AwsCalls) -> None:
