@@ -32,6 +32,8 @@ NOT_FOUND = frozenset(
     {
         "ResourceNotFoundException",
         "StateMachineDoesNotExist",
+        "ExecutionDoesNotExist",
+        "InvalidArn",
         "NoSuchKey",
         "404",
         "NoSuchEntity",

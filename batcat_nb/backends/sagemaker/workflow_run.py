@@ -82,7 +82,7 @@ def find_execution(record: dict[str, Any], execution: str, calls: AwsCalls) -> d
         arn = record["state_machine"].replace(":stateMachine:", ":execution:") + f":{execution}"
     try:
         return dict(calls("stepfunctions", "describe_execution", executionArn=arn))
-    except (NotFound, UsageError):
+    except NotFound:
         raise UsageError(
             f"workflow {record['workflow']!r} has no execution {execution!r}; "
             f"`batcat workflow status {record['workflow']}` lists them"
