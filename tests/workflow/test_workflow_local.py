@@ -23,7 +23,7 @@ TRANSFORM = (
         import pathlib, time
         if rendezvous:
             pathlib.Path(rendezvous, me).touch()
-            deadline = time.time() + 120
+            deadline = time.time() + 60
             while not pathlib.Path(rendezvous, sibling).exists():
                 assert time.time() < deadline, f"{sibling} never ran beside {me}"
                 time.sleep(0.05)
