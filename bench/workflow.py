@@ -78,7 +78,9 @@ def one_after_another(work: Path, seconds: float, round_: int) -> list[list[str]
 def timed(commands: list[list[str]], cwd: Path) -> float:
     started = time.perf_counter()
     for command in commands:
-        subprocess.run(command, cwd=cwd, check=True, capture_output=True)
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}")
     return time.perf_counter() - started
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, run_batcat, write_notebook
+from conftest import BATCAT, REPO, run_batcat, write_notebook
 
 from batcat_nb import workflow
 
@@ -321,3 +324,42 @@ def test_the_example_workflow_runs_offline(
         "train": ["FINISHED"],
     }
     assert steps["best-region"][0].data.metrics["best_revenue"] > 0
+
+
+def test_ctrl_c_kills_the_running_step_keeps_its_notebook_and_runs_nothing_after(
+    project: Path, experiment: str, runs_of: Callable[[str], list[Any]]
+) -> None:
+    notebooks(project)
+    write_notebook(
+        project / "slow.ipynb",
+        None,
+        "print('first cell ran')\nopen('started', 'w')",
+        "import time\ntime.sleep(120)",
+    )
+    path = workflow_file(
+        project,
+        """\
+        steps:
+          make: {notebook: make.ipynb, outputs: [out]}
+          slow: {notebook: slow.ipynb, needs: [make]}
+          after: {notebook: make.ipynb, needs: [slow], outputs: [out]}
+        """,
+    )
+    command = [BATCAT, "workflow", "run", str(path), "--experiment", experiment, "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (project / "started").exists():  # the step's kernel is in its second cell
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout + stderr
+    assert "KILLED" in step_line(stdout, "slow") and "interrupted by the user (Ctrl-C)" in step_line(
+        stdout, "slow"
+    )
+    assert "NOT RUN" in step_line(stdout, "after")
+    runs = runs_of(experiment)
+    assert [p.info.status for p in parents(runs)] == ["KILLED"]
+    [slow] = by_step(runs)["slow"]
+    assert slow.info.status == "KILLED" and "after" not in by_step(runs)
+    assert "first cell ran" in Path(slow.data.tags["batcat.output"], "slow.ipynb").read_text()
