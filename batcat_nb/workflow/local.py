@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import api
-from ..backends import registry
+from ..backends import option_keys, registry
 from ..config import CoreConfig, resolve
 from ..errors import BatcatError
 from ..manifest import FAILED, FINISHED, KILLED
@@ -129,7 +129,9 @@ class _Execution:
             check_workflow_parameter(workflow, name, value, f"-p {name}")
         self.base = RunRequest(notebook="", backend=request.backend, **request.options)
         self.base.experiment = self.base.experiment or workflow.name
-        self.root = Path(resolve(CoreConfig, "", {"output_dir": self.base.output_dir}).output_dir).resolve()
+        core = resolve(CoreConfig, "", {"backend": request.backend, "output_dir": self.base.output_dir})
+        self.root = Path(core.output_dir).resolve()
+        self.options = set(option_keys(core.backend).values())  # a step's others are for other backends
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         self.execution = f"{stamp}-{secrets.token_hex(2)}"  # a resumed execution keeps its own
         # Every step resolved and validated before anything starts, as ``batcat run`` would.
@@ -146,8 +148,11 @@ class _Execution:
 
     def _spec(self, step: Step, folder: Path) -> JobSpec:
         """The step's job: its parameters, channels and options over the workflow's common ones."""
-        options = {**self.base.backend_options, **step.options}
-        if step.include:
+        options = {
+            **self.base.backend_options,
+            **{k: v for k, v in step.options.items() if k in self.options},
+        }
+        if step.include and "include" in self.options:
             options["include"] = [str(p) for p in step.include]
         request = replace(
             self.base,
