@@ -36,11 +36,13 @@ BACKEND_CLIS = {
 CONTAINER_OPTIONS = {"image": "image", "env": "env", "include": "include"}
 
 
-def option_keys() -> dict[str, str]:
+def option_keys(backend: str | None = None) -> dict[str, str]:
     """Every backend option of ``batcat run`` (option name -> config key): containers' and each
-    built-in backend's ``OPTION_KEYS``; a workflow step takes the same ones."""
-    keys = dict(CONTAINER_OPTIONS)
-    for target in BACKEND_CLIS.values():
+    built-in backend's ``OPTION_KEYS``; a workflow step takes the same ones. With ``backend``,
+    only the options that backend takes (none for local or a backend without a ``cli``)."""
+    targets = [t for name, t in BACKEND_CLIS.items() if backend is None or name == backend]
+    keys = dict(CONTAINER_OPTIONS) if targets else {}
+    for target in targets:
         keys.update(importlib.import_module(target).OPTION_KEYS)
     return keys
 

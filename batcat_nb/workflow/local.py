@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import api
-from ..backends import registry
+from ..backends import option_keys, registry
 from ..config import CoreConfig, resolve
+from ..errors import BatcatError
 from ..manifest import FAILED, FINISHED, KILLED
 from ..result import INTERRUPTED, RunResult
 from ..spec import JobSpec, RunRequest, job_name
@@ -128,7 +129,9 @@ class _Execution:
             check_workflow_parameter(workflow, name, value, f"-p {name}")
         self.base = RunRequest(notebook="", backend=request.backend, **request.options)
         self.base.experiment = self.base.experiment or workflow.name
-        self.root = Path(resolve(CoreConfig, "", {"output_dir": self.base.output_dir}).output_dir).resolve()
+        core = resolve(CoreConfig, "", {"backend": request.backend, "output_dir": self.base.output_dir})
+        self.root = Path(core.output_dir).resolve()
+        self.options = set(option_keys(core.backend).values())  # a step's others are for other backends
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         self.execution = f"{stamp}-{secrets.token_hex(2)}"  # a resumed execution keeps its own
         # Every step resolved and validated before anything starts, as ``batcat run`` would.
@@ -145,8 +148,11 @@ class _Execution:
 
     def _spec(self, step: Step, folder: Path) -> JobSpec:
         """The step's job: its parameters, channels and options over the workflow's common ones."""
-        options = {**self.base.backend_options, **step.options}
-        if step.include:
+        options = {
+            **self.base.backend_options,
+            **{k: v for k, v in step.options.items() if k in self.options},
+        }
+        if step.include and "include" in self.options:
             options["include"] = [str(p) for p in step.include]
         request = replace(
             self.base,
@@ -177,47 +183,52 @@ class _Execution:
             experiment_id = self.tracker.experiment_id(self.base.experiment or workflow.name)
             parent, done = self._parent_run(experiment_id)
             results = {name: StepResult(name, FINISHED, reason=REUSED) for name in done}
-            todo = [name for name in workflow.steps if name not in done]
-            with (
-                progress_bar(len(todo), workflow.name, self.base.progress, unit="step") as bar,
-                ThreadPoolExecutor(max_workers=parallel) as executor,
-            ):
-                running: dict[Future[RunResult], str] = {}
-                try:
-                    while len(results) < len(workflow.steps):
-                        for name in self._ready(todo, results, running)[: parallel - len(running)]:
-                            running[executor.submit(self._run_step, name, parent)] = name
-                        finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                        for future in finished:
-                            name = running.pop(future)
-                            run = future.result()
-                            results[name] = StepResult(name, run.status, run, "" if run.ok else run.reason)
-                            bar.update(1)
-                        self._skip_dependents(results)
-                except KeyboardInterrupt:
-                    self._stop.set()
-                    for future, name in running.items():
-                        run = future.result()
-                        results[name] = StepResult(name, run.status, run, run.reason)
-                    for name in workflow.steps:
-                        results.setdefault(name, StepResult(name, NOT_RUN, reason=INTERRUPTED))
-        ordered = [results[name] for name in workflow.steps]
-        outcome = WorkflowResult(workflow.name, self.execution, parent, str(self.folder), ordered)
-        status = KILLED if self._stop.is_set() else FINISHED if outcome.ok else FAILED
-        self.tracker.end_run(parent, status, {}, {})
-        outcome.duration = time.time() - started
-        return outcome
+            status = FAILED  # unless the steps end as they should
+            try:
+                self._run_steps(parent, results, parallel)
+                ordered = [results[name] for name in workflow.steps]
+                status = KILLED if self._stop.is_set() else FINISHED if all(s.ok for s in ordered) else FAILED
+            finally:
+                self.tracker.end_run(parent, status, {}, {})
+        return WorkflowResult(
+            workflow.name, self.execution, parent, str(self.folder), ordered, time.time() - started
+        )
 
-    def _ready(
-        self, todo: list[str], results: dict[str, StepResult], running: dict[Future[RunResult], str]
-    ) -> list[str]:
+    def _run_steps(self, parent: str, results: dict[str, StepResult], parallel: int) -> None:
+        """Start each step once its needs finished, at most ``parallel`` at once, until all ended."""
+        steps = self.workflow.steps
+        running: dict[Future[RunResult], str] = {}
+        todo = len(steps) - len(results)
+        with (
+            progress_bar(todo, self.workflow.name, self.base.progress, unit="step") as bar,
+            ThreadPoolExecutor(max_workers=parallel) as executor,
+        ):
+            try:
+                while len(results) < len(steps):
+                    for name in self._ready(results, running)[: parallel - len(running)]:
+                        running[executor.submit(self._run_step, name, parent)] = name
+                    if not running:  # cannot happen: every step is ready, running or skipped
+                        raise RuntimeError(f"workflow {self.workflow.name}: no step can start")
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        name = running.pop(future)
+                        results[name] = _outcome(name, future)
+                        bar.update(1)
+                    self._skip_dependents(results)
+            except KeyboardInterrupt:
+                self._stop.set()
+                for future, name in running.items():
+                    results[name] = _outcome(name, future)
+                for name in steps:
+                    results.setdefault(name, StepResult(name, NOT_RUN, reason=INTERRUPTED))
+
+    def _ready(self, results: dict[str, StepResult], running: dict[Future[RunResult], str]) -> list[str]:
         """Steps not started whose needs all finished."""
         started = set(results) | set(running.values())
-        steps = self.workflow.steps
         return [
-            n
-            for n in todo
-            if n not in started and all(results.get(need, StepResult(need, "")).ok for need in steps[n].needs)
+            name
+            for name, step in self.workflow.steps.items()
+            if name not in started and all(need in results and results[need].ok for need in step.needs)
         ]
 
     def _skip_dependents(self, results: dict[str, StepResult]) -> None:
@@ -284,3 +295,12 @@ class _Execution:
         if concurrent is None:
             return nullcontext()
         return concurrent(parallel, self.root / f"{self.workflow.name}.log")
+
+
+def _outcome(step: str, future: Future[RunResult]) -> StepResult:
+    """A step's result; a step that could not even start (its store unreachable...) FAILED."""
+    try:
+        run = future.result()
+    except BatcatError as exc:
+        return StepResult(step, FAILED, reason=f"did not start: {exc}")
+    return StepResult(step, run.status, run, "" if run.ok else run.reason)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, run_batcat, write_notebook
+from conftest import BATCAT, REPO, run_batcat, write_notebook
 
 from batcat_nb import workflow
 
@@ -23,7 +26,7 @@ TRANSFORM = (
         import pathlib, time
         if rendezvous:
             pathlib.Path(rendezvous, me).touch()
-            deadline = time.time() + 120
+            deadline = time.time() + 60
             while not pathlib.Path(rendezvous, sibling).exists():
                 assert time.time() < deadline, f"{sibling} never ran beside {me}"
                 time.sleep(0.05)
@@ -84,7 +87,7 @@ def test_four_steps_two_branches_at_once_data_flows_and_runs_nest(
         name: numbers
         parameters: {n: 4}
         steps:
-          make: {notebook: make.ipynb, outputs: [out]}
+          make: {notebook: make.ipynb, outputs: [out], instance_type: ml.m5.xlarge, memory: 2g}
           double:
             notebook: transform.ipynb
             inputs: {numbers: make.out}
@@ -110,7 +113,7 @@ def test_four_steps_two_branches_at_once_data_flows_and_runs_nest(
     [folder] = (project / "batcat-runs").glob("numbers-*")
     assert (folder / "make" / "out" / "numbers.txt").read_text() == "1\n2\n3\n4"
     assert (folder / "square" / "out" / "numbers.txt").read_text() == "1\n4\n9\n16"
-    assert f"outputs in {folder}" in done.stdout
+    assert f"outputs in {folder}" in done.stdout  # make's SageMaker and Docker options did not stop it here
 
     runs = runs_of(experiment)
     [parent] = parents(runs)
@@ -321,3 +324,42 @@ def test_the_example_workflow_runs_offline(
         "train": ["FINISHED"],
     }
     assert steps["best-region"][0].data.metrics["best_revenue"] > 0
+
+
+def test_ctrl_c_kills_the_running_step_keeps_its_notebook_and_runs_nothing_after(
+    project: Path, experiment: str, runs_of: Callable[[str], list[Any]]
+) -> None:
+    notebooks(project)
+    write_notebook(
+        project / "slow.ipynb",
+        None,
+        "print('first cell ran')\nopen('started', 'w')",
+        "import time\ntime.sleep(120)",
+    )
+    path = workflow_file(
+        project,
+        """\
+        steps:
+          make: {notebook: make.ipynb, outputs: [out]}
+          slow: {notebook: slow.ipynb, needs: [make]}
+          after: {notebook: make.ipynb, needs: [slow], outputs: [out]}
+        """,
+    )
+    command = [BATCAT, "workflow", "run", str(path), "--experiment", experiment, "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (project / "started").exists():  # the step's kernel is in its second cell
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout + stderr
+    assert "KILLED" in step_line(stdout, "slow") and "interrupted by the user (Ctrl-C)" in step_line(
+        stdout, "slow"
+    )
+    assert "NOT RUN" in step_line(stdout, "after")
+    runs = runs_of(experiment)
+    assert [p.info.status for p in parents(runs)] == ["KILLED"]
+    [slow] = by_step(runs)["slow"]
+    assert slow.info.status == "KILLED" and "after" not in by_step(runs)
+    assert "first cell ran" in Path(slow.data.tags["batcat.output"], "slow.ipynb").read_text()
