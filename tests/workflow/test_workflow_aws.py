@@ -206,6 +206,8 @@ def test_deploy_trigger_runs_every_step_and_sync_fills_mlflow(
     assert out.splitlines()[0] == f"{execution}  SUCCEEDED"
     assert all(f"{step} " in out and "Completed" in out for step in ("prepare", "left", "right"))
 
+    code, out, err = batcat_workflow(capsys, "status", "sales")
+    assert code == 0 and f"{execution} " in out and "SUCCEEDED" in out, out + err
     code, out, err = batcat_workflow(capsys, "sync", "sales")
     assert code == 0, err
     runs = {r.info.run_name: r for r in runs_of("sales")}
