@@ -495,6 +495,8 @@ def test_trigger_refuses_unknown_parameters_and_executions(
     deploy(capsys, pipeline)
     code, _, err = batcat_workflow(capsys, "trigger", "sales", "-p", "min_unit", "3")
     assert code == 2 and "workflow 'sales' has no parameter 'min_unit' (did you mean 'min_units'?)" in err
+    code, _, err = batcat_workflow(capsys, "trigger", "sales", "-p", "min_units", "many")
+    assert code == 2 and "parameter 'min_units' expects int (default 1), got 'many'" in err
     code, _, err = batcat_workflow(capsys, "status", "sales", "nope")
     assert code == 2 and "workflow 'sales' has no execution 'nope'" in err
     assert sfn_client().list_executions(stateMachineArn=state_machine_arn())["executions"] == []

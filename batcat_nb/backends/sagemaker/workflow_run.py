@@ -43,6 +43,12 @@ def trigger(name: str, given: dict[str, Any], region: str) -> tuple[str, dict[st
                 f"workflow {name!r} has no parameter '{parameter}'{did_you_mean(parameter, known)}; "
                 f"declared: {', '.join(known) or 'none'}"
             )
+        default = known[parameter]
+        if not _same_kind(default, given[parameter]):
+            raise UsageError(
+                f"workflow {name!r}: parameter '{parameter}' expects {type(default).__name__} "
+                f"(default {default!r}), got {given[parameter]!r}; pass a {type(default).__name__} value"
+            )
     started = calls(
         "stepfunctions",
         "start_execution",
@@ -51,6 +57,15 @@ def trigger(name: str, given: dict[str, Any], region: str) -> tuple[str, dict[st
         input=json.dumps({"parameters": given, "trigger": "request"}),
     )
     return str(started["executionArn"]), record
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    """Whether ``value`` can stand where the workflow's default ``default`` stands."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) == isinstance(value, bool) or default is None
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    return default is None or isinstance(value, type(default))
 
 
 def run_id(execution_arn: str) -> str:
