@@ -3,6 +3,7 @@
     import batcat_nb
     result = batcat_nb.run("train.ipynb", parameters={"alpha": 0.1})
     handle = batcat_nb.submit("train.ipynb", backend="local")   # returns at once
+    outcome = batcat_nb.workflow.run("workflows/daily_sales.yaml")   # a pipeline of notebooks
 
 Heavy modules load on first use, so ``import batcat_nb`` stays quick inside notebooks.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import workflow  # light: its modules load on first use
 from ._version import __version__
 from .record import record
 
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from .result import RunResult
     from .sweep import SweepResult
 
-__all__ = ["__version__", "inspect", "record", "run", "submit", "sweep"]
+__all__ = ["__version__", "inspect", "record", "run", "submit", "sweep", "workflow"]
 
 
 def run(notebook: str, parameters: dict[str, Any] | None = None, **options: Any) -> RunResult:

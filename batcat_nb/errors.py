@@ -7,6 +7,7 @@ BatcatError                 root of everything raised on purpose
 │   ├── KernelNotFound      the notebook's kernel is not installed
 │   ├── BackendError        unknown backend, backend not available
 │   ├── ConfigError         unknown config key, bad value
+│   ├── WorkflowError       a workflow file's problem, naming its place (file: steps.x.needs: ...)
 │   ├── ImageBuildError     the runner image could not be built
 │   └── TrackingError       the MLflow store cannot be reached or written
 └── RunFailed               ``RunResult.raise_for_status()`` on a failed run
@@ -44,6 +45,10 @@ class BackendError(UsageError):
 
 class ConfigError(UsageError):
     """A configuration key or value is invalid."""
+
+
+class WorkflowError(UsageError):
+    """A workflow file is invalid; the message names the file and the place in it."""
 
 
 class ImageBuildError(UsageError):

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -24,6 +24,7 @@ from typing import Any
 
 from . import api
 from .backends import registry
+from .backends.base import JobHandle
 from .errors import UsageError
 from .manifest import FAILED, FINISHED, KILLED
 from .parameters import resolve_value
@@ -235,12 +236,7 @@ class _Sweep:
             return _not_run(spec, f"not run: {self._stop_reason}")
         tags = {TAG_PARENT: parent, TAG_SWEEP_KEY: _key(spec.recorded_parameters)}
         handle = api.start(self.backend, self.tracker, spec, tags)
-        while not self._stop.is_set():
-            if handle.status() != "RUNNING":
-                return handle.wait()
-            time.sleep(0.05)
-        handle.cancel(self._stop_reason)
-        return handle.wait()
+        return follow(handle, self._stop, lambda: self._stop_reason)
 
     def _parent_run(self, experiment_id: str) -> str:
         found = self.tracker.find_run(experiment_id, TAG_SWEEP_ID, self.sweep_id)
@@ -275,6 +271,16 @@ class _Sweep:
         status = KILLED if interrupted else FAILED if failures else FINISHED
         self.tracker.end_run(parent, status, tags, metrics)
         return SweepResult(self.name, parent, ordered, skipped, objective, best, duration, failures)
+
+
+def follow(handle: JobHandle, stop: threading.Event, reason: Callable[[], str]) -> RunResult:
+    """Wait for a job of a group (sweep, workflow); once ``stop`` is set, cancel it with ``reason()``."""
+    while not stop.is_set():
+        if handle.status() != "RUNNING":
+            return handle.wait()
+        time.sleep(0.05)
+    handle.cancel(reason())
+    return handle.wait()
 
 
 def _not_run(spec: Any, reason: str) -> RunResult:

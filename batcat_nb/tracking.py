@@ -199,6 +199,10 @@ class Tracker:
     def reopen_run(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """The tags of a run (a workflow's parent names its execution in them)."""
+        return dict(self.client.get_run(run_id).data.tags)
+
     def end_run(
         self, run_id: str, status: str, tags: Mapping[str, str], metrics: Mapping[str, float]
     ) -> None:

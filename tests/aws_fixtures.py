@@ -50,6 +50,7 @@ __all__ = [
     "local_registry",
     "moto_server",
     "options",
+    "report_eventbridge_notifications",
     "s3_keys",
     "sagemaker_env",
 ]
@@ -160,6 +161,33 @@ def ecr_repository(name: str) -> str:
 
     found = boto3.client("ecr").create_repository(repositoryName=name)
     return str(found["repository"]["repositoryUri"])
+
+
+def report_eventbridge_notifications(setattr: Callable[[Any, str, Any], None]) -> None:
+    """moto stores a bucket's EventBridgeConfiguration but leaves it out of
+    GetBucketNotificationConfiguration; S3 returns it (an empty element). Make moto answer as S3
+    does (``setattr``: ``monkeypatch.setattr``, or the builtin in a benchmark)."""
+    from moto.core.responses import ActionResult
+    from moto.s3.responses import S3Response
+
+    original = S3Response.get_bucket_notification
+
+    def get_bucket_notification(self: Any) -> Any:
+        found = self.backend.get_bucket_notification_configuration(self.bucket_name)
+        serialized = self.serialized
+
+        def with_eventbridge(result: Any) -> Any:
+            if found is not None and found.event_bridge is not None and isinstance(result, ActionResult):
+                result._result["EventBridgeConfiguration"] = {}
+            return serialized(result)
+
+        self.serialized = with_eventbridge
+        try:
+            return original(self)
+        finally:
+            del self.serialized
+
+    setattr(S3Response, "get_bucket_notification", get_bucket_notification)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,23 @@ BACKEND_CLIS = {
     "docker": "batcat_nb.backends.docker.cli",
     "sagemaker": "batcat_nb.backends.sagemaker.cli",
 }
+CONTAINER_OPTIONS = ("image", "env", "include")  # the options every container backend takes
+
+
+def option_keys(backend: str | None = None) -> dict[str, str]:
+    """Every backend option of ``batcat run`` (its destination -> its config key, the same name):
+    the containers' and each built-in backend's ``RUN_OPTIONS``; a workflow step takes the same.
+    With ``backend``, only the options that backend takes (none for local or a backend without a cli)."""
+    targets = [t for name, t in BACKEND_CLIS.items() if backend is None or name == backend]
+    names = list(CONTAINER_OPTIONS) if targets else []
+    for target in targets:
+        names += [_dest(decls) for decls, _ in importlib.import_module(target).RUN_OPTIONS]
+    return {name: name for name in names}
+
+
+def _dest(decls: tuple[str, ...]) -> str:
+    """Where click puts an option's value: its explicit name, else its flag in snake case."""
+    return next((d for d in decls if not d.startswith("-")), decls[0].lstrip("-").replace("-", "_"))
 
 
 class BackendRegistry:

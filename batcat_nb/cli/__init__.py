@@ -1,7 +1,7 @@
 """``batcat``: the command line. Thin: parse, build a request, call the API, print.
 
-The group lives here; ``run`` (with ``submit``, ``inspect``, ``ui``) and ``agent`` have their
-modules, and each backend adds its own commands (``backends.BACKEND_CLIS``).
+The group lives here; ``run`` (with ``submit``, ``inspect``, ``ui``), ``agent`` and ``workflow``
+have their modules, and each backend adds its own commands (``backends.BACKEND_CLIS``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def cli(verbose: bool) -> None:
 def _add_commands() -> None:
     from .agent import agent
     from .run import inspect, run, submit, ui
+    from .workflow import workflow
 
-    for command in (run, submit, inspect, ui, agent):
+    for command in (run, submit, inspect, ui, agent, workflow):
         cli.add_command(command)
     for target in BACKEND_CLIS.values():
         for command in importlib.import_module(target).COMMANDS:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..backends import BACKEND_CLIS
+from ..backends import BACKEND_CLIS, option_keys
 from ..config import parse_pairs
 
 OTHER = "Other options"
@@ -198,9 +198,6 @@ def _channel_option(section: str, kind: str) -> Any:
     return option(section, f"--{kind}", f"{kind}s", multiple=True, metavar="NAME=PATH|S3URI", help=help_text)
 
 
-CONTAINER_OPTIONS = ("image", "env", "include")  # destinations of the options both containers take
-
-
 def _backend_clis() -> list[Any]:
     return [importlib.import_module(target) for target in BACKEND_CLIS.values()]
 
@@ -217,9 +214,8 @@ def run_options(command: Any) -> Any:
 
 def backend_options_from(options: dict[str, Any]) -> dict[str, Any]:
     """The parsed backend options to ``RunRequest.backend_options``: only those given."""
-    names = [*CONTAINER_OPTIONS, *(_dest(decls) for m in _backend_clis() for decls, _ in m.RUN_OPTIONS)]
     found: dict[str, Any] = {}
-    for name in names:
+    for name, key in option_keys().items():
         value = options.get(name)
         if value is None or value == () or value == []:
             continue
@@ -227,13 +223,8 @@ def backend_options_from(options: dict[str, Any]) -> dict[str, Any]:
             value = parse_pairs(value, "--env")
         elif isinstance(value, tuple):
             value = list(value)
-        found[name] = value
+        found[key] = value
     return found
-
-
-def _dest(decls: tuple[str, ...]) -> str:
-    """Where click puts an option's value: its explicit name, else its flag in snake case."""
-    return next((d for d in decls if not d.startswith("-")), decls[0].lstrip("-").replace("-", "_"))
 
 
 def request_from_options(options: dict[str, Any]) -> Any:

@@ -38,6 +38,7 @@ class Step:
     include: list[Path] = field(default_factory=list)  # absolute
     options: dict[str, Any] = field(default_factory=dict)  # backend options (instance_type, ...)
     retries: int = 0  # infrastructure failures only
+    declared: list[str] = field(default_factory=list)  # the parameters its notebook declares
 
 
 @dataclass
@@ -51,6 +52,14 @@ class Workflow:
     schedule: str | None = None  # EventBridge Scheduler: cron(...) or rate(...)
     on_s3: str | None = None  # s3://bucket/prefix/: run when an object is created under it
     notify: str | None = None  # SNS topic ARN for failed executions
+    sha256: str = ""  # of the file's bytes: which version of the pipeline an execution ran
+
+    def parameters_for(self, step: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What ``step`` receives: the workflow's parameters (``overrides`` win) that its notebook
+        declares, then the step's own, which win over both."""
+        workflow = {**self.parameters, **(overrides or {})}
+        own = self.steps[step]
+        return {**{k: v for k, v in workflow.items() if k in own.declared}, **own.parameters}
 
     def levels(self) -> list[list[str]]:
         """Step names in dependency order: each level needs only the levels before it."""

@@ -217,11 +217,17 @@ def validate_request(service: str, operation: str, params: Mapping[str, Any]) ->
         raise UsageError(f"{operation} request refused before sending: {shown}")
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _operation_model(service: str, operation: str) -> Any:
+    return _service_model(service).operation_model(operation)
+
+
+@functools.lru_cache(maxsize=16)
+def _service_model(service: str) -> Any:
+    """Loaded once per service: a botocore session reads its JSON models from disk each time."""
     import botocore.session
 
-    return botocore.session.get_session().get_service_model(service).operation_model(operation)
+    return botocore.session.get_session().get_service_model(service)
 
 
 def _check_shape(value: Any, shape: Any, where: str, problems: list[str]) -> None:
