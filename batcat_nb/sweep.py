@@ -274,12 +274,20 @@ class _Sweep:
 
 def follow(handle: JobHandle, stop: threading.Event, reason: Callable[[], str]) -> RunResult:
     """Wait for a job of a group (sweep, workflow); once ``stop`` is set, cancel it with ``reason()``."""
+    watch(handle, stop, reason)
+    return handle.wait()
+
+
+def watch(handle: JobHandle, stop: threading.Event, reason: Callable[[], str]) -> str:
+    """The status a job ended with, before its run is completed (``wait()`` does that); once
+    ``stop`` is set, cancel it with ``reason()``."""
     while not stop.is_set():
-        if handle.status() != "RUNNING":
-            return handle.wait()
+        status = handle.status()
+        if status != "RUNNING":
+            return status
         time.sleep(0.05)
     handle.cancel(reason())
-    return handle.wait()
+    return KILLED
 
 
 def progress_bar(total: int, name: str, enabled: bool, unit: str = "run") -> Any:
