@@ -95,7 +95,8 @@ class WorkflowResult:
         failed = sum(s.status in (FAILED, KILLED) for s in self.steps)
         skipped = sum(s.status == NOT_RUN for s in self.steps)
         head = (
-            f"workflow {self.name} (execution {self.execution}): {len(self.steps)} steps, "
+            f"workflow {self.name} (execution {self.execution}): {len(self.steps)} "
+            f"step{'s' if len(self.steps) != 1 else ''}, "
             f"{failed} failed, {skipped} not run, {self.duration:.1f}s (parent run {self.parent_run_id})"
         )
         rows = [("step", "status", "duration", "run", "reason")] + [
@@ -127,6 +128,8 @@ class _Execution:
         self.request = request
         for name, value in request.parameters.items():
             check_workflow_parameter(workflow, name, value, f"-p {name}")
+            if all(name in s.parameters for s in workflow.steps.values() if name in s.declared):
+                log.warning("-p %s changes nothing: every step declaring it sets its own value", name)
         self.base = RunRequest(notebook="", backend=request.backend, **request.options)
         self.base.experiment = self.base.experiment or workflow.name
         core = resolve(CoreConfig, "", {"backend": request.backend, "output_dir": self.base.output_dir})
