@@ -275,12 +275,20 @@ class _Sweep:
 
 def follow(handle: JobHandle, stop: threading.Event, reason: Callable[[], str]) -> RunResult:
     """Wait for a job of a group (sweep, workflow); once ``stop`` is set, cancel it with ``reason()``."""
+    watch(handle, stop, reason)
+    return handle.wait()
+
+
+def watch(handle: JobHandle, stop: threading.Event, reason: Callable[[], str]) -> str:
+    """The status a job ended with, before its run is completed (``wait()`` does that); once
+    ``stop`` is set, cancel it with ``reason()``."""
     while not stop.is_set():
-        if handle.status() != "RUNNING":
-            return handle.wait()
+        status = handle.status()
+        if status != "RUNNING":
+            return status
         time.sleep(0.05)
     handle.cancel(reason())
-    return handle.wait()
+    return KILLED
 
 
 def _not_run(spec: Any, reason: str) -> RunResult:

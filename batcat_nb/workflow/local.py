@@ -28,7 +28,7 @@ from ..progress import progress_bar
 from ..result import INTERRUPTED, RunResult
 from ..spec import JobSpec, RunRequest, job_name
 from ..storage import check_input
-from ..sweep import TAG_PARENT, follow
+from ..sweep import TAG_PARENT, watch
 from ..tracking import TAG_OUTPUT
 from .loader import check_workflow_parameter
 from .model import Step, StepOutput, Workflow
@@ -96,7 +96,8 @@ class WorkflowResult:
         failed = sum(s.status in (FAILED, KILLED) for s in self.steps)
         skipped = sum(s.status == NOT_RUN for s in self.steps)
         head = (
-            f"workflow {self.name} (execution {self.execution}): {len(self.steps)} steps, "
+            f"workflow {self.name} (execution {self.execution}): {len(self.steps)} "
+            f"step{'s' if len(self.steps) != 1 else ''}, "
             f"{failed} failed, {skipped} not run, {self.duration:.1f}s (parent run {self.parent_run_id})"
         )
         rows = [("step", "status", "duration", "run", "reason")] + [
@@ -128,6 +129,8 @@ class _Execution:
         self.request = request
         for name, value in request.parameters.items():
             check_workflow_parameter(workflow, name, value, f"-p {name}")
+            if all(name in s.parameters for s in workflow.steps.values() if name in s.declared):
+                log.warning("-p %s changes nothing: every step declaring it sets its own value", name)
         self.base = RunRequest(notebook="", backend=request.backend, **request.options)
         self.base.experiment = self.base.experiment or workflow.name
         core = resolve(CoreConfig, "", {"backend": request.backend, "output_dir": self.base.output_dir})
@@ -196,36 +199,39 @@ class _Execution:
         )
 
     def _run_steps(self, parent: str, results: dict[str, StepResult], parallel: int) -> None:
-        """Start each step once its needs finished, at most ``parallel`` at once, until all ended."""
+        """Start each step once its needs ended FINISHED, at most ``parallel`` jobs at once, until
+        all ended. A step's dependents start as soon as its job ends, while its run completes."""
         steps = self.workflow.steps
-        running: dict[Future[RunResult], str] = {}
-        todo = len(steps) - len(results)
+        jobs: dict[Future[str], str] = {}  # the running jobs: each future gets the status it ended with
+        runs: dict[str, Future[RunResult]] = {}
         with (
-            progress_bar(todo, self.workflow.name, "step", self.base.progress) as bar,
-            ThreadPoolExecutor(max_workers=parallel) as executor,
+            progress_bar(len(steps) - len(results), self.workflow.name, "step", self.base.progress) as bar,
+            ThreadPoolExecutor(max_workers=len(steps)) as executor,  # completing runs need no slot
         ):
             try:
                 while len(results) < len(steps):
-                    for name in self._ready(results, running)[: parallel - len(running)]:
-                        running[executor.submit(self._run_step, name, parent)] = name
-                    if not running:  # cannot happen: every step is ready, running or skipped
+                    for name in self._ready(results, set(jobs.values()))[: parallel - len(jobs)]:
+                        ended: Future[str] = Future()
+                        jobs[ended] = name
+                        runs[name] = executor.submit(self._run_step, name, parent, ended)
+                    if not jobs:  # cannot happen: every step is ready, running or skipped
                         raise RuntimeError(f"workflow {self.workflow.name}: no step can start")
-                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    finished, _ = wait(jobs, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        name = running.pop(future)
-                        results[name] = _outcome(name, future)
+                        name = jobs.pop(future)
+                        results[name] = StepResult(name, future.result())
                         bar.update(1)
                     self._skip_dependents(results)
             except KeyboardInterrupt:
                 self._stop.set()
-                for future, name in running.items():
-                    results[name] = _outcome(name, future)
                 for name in steps:
                     results.setdefault(name, StepResult(name, NOT_RUN, reason=INTERRUPTED))
+            for name, run in runs.items():
+                results[name] = _outcome(name, run)
 
-    def _ready(self, results: dict[str, StepResult], running: dict[Future[RunResult], str]) -> list[str]:
+    def _ready(self, results: dict[str, StepResult], running: set[str]) -> list[str]:
         """Steps not started whose needs all finished."""
-        started = set(results) | set(running.values())
+        started = set(results) | running
         return [
             name
             for name, step in self.workflow.steps.items()
@@ -248,14 +254,17 @@ class _Execution:
                         changed = True
                         break
 
-    def _run_step(self, name: str, parent: str) -> RunResult:
-        spec = self._spec(self.workflow.steps[name], self.folder)
-        tags = {
-            TAG_PARENT: parent,
-            TAG_STEP: name,
-            TAG_EXECUTION: self.execution,
-        }
-        return follow(api.start(self.backend, self.tracker, spec, tags), self._stop, lambda: INTERRUPTED)
+    def _run_step(self, name: str, parent: str, ended: Future[str]) -> RunResult:
+        """Run one step; ``ended`` learns its status once its job ends, before its run completes."""
+        try:
+            spec = self._spec(self.workflow.steps[name], self.folder)
+            tags = {TAG_PARENT: parent, TAG_STEP: name, TAG_EXECUTION: self.execution}
+            handle = api.start(self.backend, self.tracker, spec, tags)
+            ended.set_result(watch(handle, self._stop, lambda: INTERRUPTED))
+            return handle.wait()
+        finally:
+            if not ended.done():  # it could not start
+                ended.set_result(FAILED)
 
     def _parent_run(self, experiment_id: str) -> tuple[str, set[str]]:
         """The execution's parent run (the last one, reopened, when resuming) and its finished steps."""
@@ -299,9 +308,9 @@ class _Execution:
 
 
 def _outcome(step: str, future: Future[RunResult]) -> StepResult:
-    """A step's result; a step that could not even start (its store unreachable...) FAILED."""
+    """A step's result; a step whose job could not start or whose run could not complete FAILED."""
     try:
         run = future.result()
     except BatcatError as exc:
-        return StepResult(step, FAILED, reason=f"did not start: {exc}")
+        return StepResult(step, FAILED, reason=str(exc))
     return StepResult(step, run.status, run, "" if run.ok else run.reason)
