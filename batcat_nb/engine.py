@@ -13,6 +13,7 @@ from typing import Any
 from nbclient.exceptions import CellExecutionError
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine
+from traitlets import Any as AnyTrait
 from traitlets import Unicode
 
 CLEAN_EXIT_VALUES = frozenset({"0", "None", ""})
@@ -22,6 +23,7 @@ class BatcatNotebookClient(PapermillNotebookClient):
     """papermill's client, plus: a silent preamble, clean ``sys.exit(0)``, quick shutdown."""
 
     preamble = Unicode("", help="code run silently in the kernel before the first cell")
+    masker = AnyTrait(None, allow_none=True, help="a redact.Masker: secret values out of every output")
 
     def __init__(self, nb_man: Any, **kwargs: Any) -> None:
         kwargs.setdefault("shutdown_kernel", "immediate")
@@ -30,6 +32,11 @@ class BatcatNotebookClient(PapermillNotebookClient):
     def execute(self, **kwargs: Any) -> Any:
         # A kernel handed in by the worker is ours to shut down too, at once, when done.
         return super().execute(cleanup_kc=True, **kwargs)
+
+    def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
+        if self.masker:  # before the output reaches the notebook, its autosave or the log
+            self.masker.data(msg["content"])
+        return super().process_message(msg, cell, cell_index)
 
     def papermill_execute_cells(self) -> None:
         if self.preamble:
@@ -64,7 +71,10 @@ class BatcatEngine(NBClientEngine):
     @classmethod
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
         if "batcat_preamble" in kwargs:  # called by the batcat worker: the run is handled there
-            return cls._execute(nb_man, kernel_name, kwargs.pop("batcat_preamble"), **kwargs)
+            preamble = kwargs.pop("batcat_preamble")
+            return cls._execute(
+                nb_man, kernel_name, preamble, masker=kwargs.pop("batcat_masker", None), **kwargs
+            )
         from .engine_tracking import tracked_papermill_run
 
         with tracked_papermill_run(nb_man, kernel_name, kwargs) as preamble:

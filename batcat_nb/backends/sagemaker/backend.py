@@ -105,6 +105,7 @@ class SageMakerBackend:
 
     name = "sagemaker"
     detachable = True  # the job runs in AWS whether or not this process waits
+    secret_sources = ("ssm", "secretsmanager")  # read inside the job with its role
 
     def __init__(self) -> None:
         self._resolved: dict[str, _Resolved] = {}
