@@ -28,13 +28,23 @@ def mask_uri(text: str) -> str:
     return _SECRET_QUERY.sub(lambda m: m["key"] + MASK, _USERINFO.sub(_mask_userinfo, text))
 
 
+def without_credentials(uri: str) -> str:
+    """The URI with its user info dropped where that holds a credential (``http://host/``)."""
+    return _USERINFO.sub(lambda m: m["scheme"] if _is_credential(m) else m[0], uri)
+
+
 def _mask_userinfo(match: re.Match[str]) -> str:
-    scheme, user = match["scheme"], match["user"]
+    if not _is_credential(match):
+        return match[0]
     if match["password"] is not None:
-        return f"{scheme}{user}:{MASK}@"
-    if scheme.lower() in ("http://", "https://") and user:
-        return f"{scheme}{MASK}@"
-    return match[0]
+        return f"{match['scheme']}{match['user']}:{MASK}@"
+    return f"{match['scheme']}{MASK}@"
+
+
+def _is_credential(match: re.Match[str]) -> bool:
+    if match["password"] is not None:
+        return True
+    return match["scheme"].lower() in ("http://", "https://") and bool(match["user"])
 
 
 def looks_secret(name: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import RunFailed
 from .manifest import FINISHED, CellError
+from .redact import mask_uri
 
 INTERRUPTED = "interrupted by the user (Ctrl-C)"
 
@@ -20,7 +21,7 @@ class RunResult:
     status: str
     run_id: str | None
     experiment_id: str | None
-    tracking_uri: str
+    tracking_uri: str = field(repr=False)  # may carry credentials: shown masked
     backend: str
     duration: float = 0.0
     output_notebook: str | None = None
@@ -59,7 +60,7 @@ class RunResult:
         rows += [(f"output {name}", where) for name, where in self.outputs.items()]
         if self.run_id:
             rows.append(("mlflow run", f"{self.run_id} (experiment {self.experiment_id})"))
-            rows.append(("open", self.run_url or _ui_hint(self.tracking_uri)))
+            rows.append(("open", mask_uri(self.run_url or _ui_hint(self.tracking_uri))))
         return rows
 
     def __str__(self) -> str:
@@ -85,7 +86,7 @@ class RunResult:
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return asdict(self)
+        return {**asdict(self), "tracking_uri": mask_uri(self.tracking_uri)}
 
 
 def _ui_hint(tracking_uri: str) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ..redact import mask_uri
 from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
 from .options import SectionedCommand, option, request_from_options, run_options, sweep_from_options
 
@@ -91,7 +92,7 @@ def ui(port: int, tracking_uri: str | None) -> None:
     uri = tracking_uri or default_tracking_uri()
     if importlib.util.find_spec("mlflow.server") is None or importlib.util.find_spec("flask") is None:
         raise UsageError("the MLflow UI needs the full mlflow package: pip install 'batcat_nb[ui]'")
-    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port}", err=True)
+    click.echo(f"MLflow UI for {mask_uri(uri)} at http://127.0.0.1:{port}", err=True)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     command = ["-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1"]
     os.execvp(sys.executable, [sys.executable, *command, "--port", str(port), "--workers", "1"])

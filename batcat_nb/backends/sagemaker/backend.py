@@ -27,6 +27,7 @@ from ...contract import include_paths
 from ...errors import BackendError, UsageError
 from ...layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
 from ...manifest import FAILED, KILLED, RUNNING
+from ...redact import without_credentials
 from ...spec import JobSpec
 from ...storage import download, is_s3, split_s3, upload
 from ...tracking import TAG_IMAGE
@@ -279,8 +280,9 @@ def _request(spec: JobSpec, resolved: _Resolved, tracking_env: dict[str, str]) -
     if spec.run_id:
         tags[JOB_TAG_RUN_ID] = spec.run_id
         tags[JOB_TAG_EXPERIMENT_ID] = spec.experiment_id or ""
-    if _TAG_VALUE.fullmatch(spec.tracking_uri):
-        tags[JOB_TAG_TRACKING_URI] = spec.tracking_uri
+    stored_uri = without_credentials(spec.tracking_uri)  # the user's own credentials reconnect
+    if _TAG_VALUE.fullmatch(stored_uri):
+        tags[JOB_TAG_TRACKING_URI] = stored_uri
     request["Tags"] = [{"Key": k, "Value": str(v)} for k, v in tags.items()]
     return request
 
