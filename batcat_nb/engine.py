@@ -27,7 +27,10 @@ class BatcatNotebookClient(PapermillNotebookClient):
 
     def __init__(self, nb_man: Any, **kwargs: Any) -> None:
         kwargs.setdefault("shutdown_kernel", "immediate")
+        if kwargs.get("masker"):  # a value printed in pieces is whole again, for the last mask
+            kwargs.setdefault("coalesce_streams", True)
         super().__init__(nb_man, **kwargs)
+        self._partial_lines: dict[str, str] = {}  # stream name -> text not yet logged
 
     def execute(self, **kwargs: Any) -> Any:
         # A kernel handed in by the worker is ours to shut down too, at once, when done.
@@ -37,6 +40,28 @@ class BatcatNotebookClient(PapermillNotebookClient):
         if self.masker:  # before the output reaches the notebook, its autosave or the log
             self.masker.data(msg["content"])
         return super().process_message(msg, cell, cell_index)
+
+    def log_output_message(self, output: Any) -> None:
+        """With secrets, streams reach the log whole lines at a time, each line masked: a value
+        printed in pieces is masked too."""
+        if not self.masker or output.get("output_type") != "stream":
+            return super().log_output_message(output)
+        text = self._partial_lines.pop(output.name, "") + "".join(output.text)
+        complete, newline, rest = text.rpartition("\n")
+        if rest:
+            self._partial_lines[output.name] = rest
+        if newline:
+            self._log_stream(output.name, complete + newline)
+
+    def _flush_log(self) -> None:
+        for name in list(self._partial_lines):
+            self._log_stream(name, self._partial_lines.pop(name))
+
+    def _log_stream(self, name: str, text: str) -> None:
+        from nbformat import NotebookNode
+
+        masked = self.masker.text(text)
+        super().log_output_message(NotebookNode(output_type="stream", name=name, text=masked))
 
     def papermill_execute_cells(self) -> None:
         if self.preamble:
@@ -52,6 +77,7 @@ class BatcatNotebookClient(PapermillNotebookClient):
                     self.nb_man.cell_exception(self.nb.cells[index], cell_index=index, exception=ex)
                 break
             finally:
+                self._flush_log()
                 self.nb_man.cell_complete(self.nb.cells[index], cell_index=index)
 
 

@@ -39,6 +39,7 @@ def printing_notebook(path: Path, value: str, fail: bool = False) -> Path:
         "print(api_token, file=sys.stderr)",
         "api_token",
         "from IPython.display import HTML, display\ndisplay(HTML(f'<b>{api_token}</b>'))",
+        "print('split', api_token[:9], end='', flush=True)\nprint(api_token[9:])",  # two messages
     ]
     if fail:
         cells.append("raise ValueError('bad token ' + api_token)")
@@ -115,6 +116,7 @@ def test_secret_reaches_the_kernel_and_nothing_else(
     assert "token is ***\n" in outputs and "***\n" in outputs  # stdout and stderr, masked
     assert any("'***'" in text for text in outputs)  # the cell's value
     assert any("<b>***</b>" in text for text in outputs)  # rich output
+    assert "split ***\n" in outputs  # printed in two pieces, masked whole in the notebook
     injected = nbformat.read(str(executed / "nb.ipynb"), as_version=4).cells[1].source
     assert "environ.pop('BATCAT_SECRET_api_token')" in injected
     assert {p.name for p in executed.iterdir()} >= {
