@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -124,6 +125,8 @@ def test_sagemaker_job_tag_holds_the_store_without_credentials_and_download_reco
     assert result.status == "FINISHED", result.reason
     tags = {t["Key"]: t["Value"] for t in fake_sagemaker.requests[result.job_name]["Tags"]}
     assert tags[sagemaker_jobs.JOB_TAG_TRACKING_URI] == mlflow_server
+    sent = json.dumps(fake_sagemaker.requests[result.job_name])
+    assert PASSWORD not in sent + json.dumps(sagemaker_jobs.describe_job(result.job_name), default=str)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the user's own credentials reconnect
     assert sagemaker_jobs.tracking_uri(tags) == uri
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")

@@ -218,8 +218,10 @@ def check_bucket(bucket: str, region: str) -> None:
 
 
 def _tracking_reachable(uri: str) -> bool:
-    """Can a job on AWS log to this store itself? A server or a SageMaker managed MLflow can."""
-    return uri.startswith(("http://", "https://", "arn:"))
+    """Can a job on AWS log to this store itself? A server or a SageMaker managed MLflow can,
+    unless its URI holds a credential, which the job's environment would show in its
+    description: then the launcher completes the run from the manifest instead."""
+    return uri.startswith(("http://", "https://", "arn:")) and without_credentials(uri) == uri
 
 
 def _draft_tracking_env(spec: JobSpec) -> dict[str, str]:
