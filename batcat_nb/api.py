@@ -5,6 +5,7 @@ Front ends (CLI, magics, ``batcat_nb.run``) build a RunRequest and call ``submit
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -87,14 +88,19 @@ def _check_secrets(request: RunRequest, notebook: Notebook) -> dict[str, str]:
         if name in job_secrets:
             raise UsageError(f"'{name}' is given both as a parameter and as --secret; keep --secret")
         if looks_secret(name):
-            log.warning(
-                "parameter '%s' looks like a secret: its value is written into the notebook, its "
-                "HTML and the MLflow run; pass it with --secret %s (its value read from $%s) instead",
-                name,
-                name,
-                name,
-            )
+            _warn_secret_like(name)
     return job_secrets
+
+
+@functools.cache  # once per name, not once per run of a sweep
+def _warn_secret_like(name: str) -> None:
+    log.warning(
+        "parameter '%s' looks like a secret: its value is written into the notebook, its HTML "
+        "and the MLflow run; pass it with --secret %s (its value read from $%s) instead",
+        name,
+        name,
+        name,
+    )
 
 
 def validate(backend: Backend, spec: JobSpec) -> None:

@@ -4,9 +4,10 @@ A secret travels by reference and is never written. The run, ``job.json``, the m
 the request record ``NAME -> SOURCE`` only:
 
 - ``env:VAR`` (the default, ``env:NAME``): read by the launcher from its own environment and
-  handed to the worker as ``BATCAT_SECRET_<NAME>`` in the job's process environment (local: the
-  pipe that carries the MLflow run's ids; Docker: the container's environment, not its
-  ``processingjobconfig.json``).
+  handed to the worker as ``BATCAT_SECRET_<NAME>`` beside the MLflow run's ids (local: the
+  worker's stdin, or the agent's socket and its worker's stdin; Docker: the container's
+  environment, not its ``processingjobconfig.json``). SageMaker refuses ``env:``: the job's
+  environment is part of its description.
 - ``ssm:/path`` and ``secretsmanager:ID`` (SageMaker): read by the worker inside the job, with
   the job's own role; the launcher never sees the value.
 
