@@ -146,11 +146,13 @@ def test_failing_cell_that_shows_the_secret_is_masked_in_the_reason(
     assert_nowhere(value, executed, store_files(tracking_uri), texts=[done.stdout, done.stderr])
 
 
+@pytest.mark.parametrize("agent", ["1", "0"], ids=["agent", "own-pool"])
 def test_python_api_takes_secrets_and_a_sweep_passes_them_to_every_run(
-    project, experiment, runs_of, tracking_uri, monkeypatch
+    project, experiment, runs_of, tracking_uri, monkeypatch, agent
 ):
     import batcat_nb
 
+    monkeypatch.setenv("BATCAT_AGENT", agent)
     value = secret()
     monkeypatch.setenv("API_TOKEN", value)
     notebook = printing_notebook(project / "nb.ipynb", value)
