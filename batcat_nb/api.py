@@ -5,17 +5,20 @@ Front ends (CLI, magics, ``batcat_nb.run``) build a RunRequest and call ``submit
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
+from . import secrets
 from .backends import registry
 from .backends.base import Backend, JobHandle
 from .config import CoreConfig, resolve
 from .contract import MAX_INPUTS, check_channels
 from .errors import TrackingError, UsageError
 from .layout import RESERVED_CHANNELS
-from .notebook import load_notebook
-from .parameters import effective_parameters, given_only, recorded
+from .notebook import Notebook, load_notebook
+from .parameters import check_names, effective_parameters, given_only, recorded
+from .redact import looks_secret
 from .result import INTERRUPTED, RunResult
 from .spec import JobSpec, RunRequest, job_name
 from .storage import check_input, is_s3
@@ -44,6 +47,7 @@ def resolve_spec(request: RunRequest) -> JobSpec:
     effective = effective_parameters(
         notebook, request.parameters, allow_unknown=request.allow_unknown_parameters
     )
+    job_secrets = _check_secrets(request, notebook)
     _check_channels(request.inputs, request.outputs)
     name = job_name(notebook.name)
     declared = [p.name for p in notebook.parameters() or []]
@@ -65,13 +69,47 @@ def resolve_spec(request: RunRequest) -> JobSpec:
         log_output=request.log_output,
         progress=request.progress,
         declared_parameters=declared,
+        secrets=job_secrets,
         tags=dict(request.tags),
         backend_options=dict(request.backend_options),
     )
     channels = {**spec.inputs, **spec.outputs}
     for parameter, channel_path in spec.channel_parameters().items():
         spec.recorded_parameters[parameter] = channels[channel_path.split("/", 1)[1]]
+    spec.recorded_parameters.update(secrets.recorded(job_secrets))
     return spec
+
+
+def _check_secrets(request: RunRequest, notebook: Notebook) -> dict[str, str]:
+    """The request's secrets, checked; a secret-looking ``-p`` value is warned about."""
+    job_secrets = secrets.normalise(request.secrets)
+    check_names(notebook, job_secrets, allow_unknown=request.allow_unknown_parameters)
+    for name in request.parameters:
+        if name in job_secrets:
+            raise UsageError(f"'{name}' is given both as a parameter and as --secret; keep --secret")
+        if looks_secret(name):
+            _warn_secret_like(name)
+    return job_secrets
+
+
+@functools.cache  # once per name, not once per run of a sweep
+def _warn_secret_like(name: str) -> None:
+    log.warning(
+        "parameter '%s' looks like a secret: its value is written into the notebook, its HTML "
+        "and the MLflow run; pass it with --secret %s (its value read from $%s) instead",
+        name,
+        name,
+        name,
+    )
+
+
+def validate(backend: Backend, spec: JobSpec) -> None:
+    """Everything the backend must accept before anything starts."""
+    secrets.check_sources(
+        spec.secrets, getattr(backend, "secret_sources", secrets.LOCAL_SOURCES), backend.name
+    )
+    secrets.launcher_env(spec.secrets)  # a missing variable fails now, not in the job
+    backend.validate(spec)
 
 
 def submit(request: RunRequest, *, detached: bool = False) -> JobHandle:
@@ -82,7 +120,7 @@ def submit(request: RunRequest, *, detached: bool = False) -> JobHandle:
         raise UsageError(
             f"a {spec.backend} job ends with this command; use `batcat run`, or --backend sagemaker"
         )
-    backend.validate(spec)
+    validate(backend, spec)
     for name, source in spec.inputs.items():
         check_input(name, source)
     return start(backend, tracker_for(backend, spec.tracking_uri), spec)

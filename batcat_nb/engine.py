@@ -14,6 +14,7 @@ from typing import Any
 from nbclient.exceptions import CellExecutionError
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import NBClientEngine
+from traitlets import Any as AnyTrait
 from traitlets import Unicode
 
 CLEAN_EXIT_VALUES = frozenset({"0", "None", ""})
@@ -24,14 +25,45 @@ class BatcatNotebookClient(PapermillNotebookClient):
 
     preamble = Unicode("", help="code run silently in the kernel before the first cell")
     progress_file = Unicode("", help="where to write '<cells done> <cells>' after each cell")
+    masker = AnyTrait(None, allow_none=True, help="a redact.Masker: secret values out of every output")
 
     def __init__(self, nb_man: Any, **kwargs: Any) -> None:
         kwargs.setdefault("shutdown_kernel", "immediate")
+        if kwargs.get("masker"):  # a value printed in pieces is whole again, for the last mask
+            kwargs.setdefault("coalesce_streams", True)
         super().__init__(nb_man, **kwargs)
+        self._partial_lines: dict[str, str] = {}  # stream name -> text not yet logged
 
     def execute(self, **kwargs: Any) -> Any:
         # A kernel handed in by the worker is ours to shut down too, at once, when done.
         return super().execute(cleanup_kc=True, **kwargs)
+
+    def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
+        if self.masker:  # before the output reaches the notebook, its autosave or the log
+            self.masker.data(msg["content"])
+        return super().process_message(msg, cell, cell_index)
+
+    def log_output_message(self, output: Any) -> None:
+        """With secrets, streams reach the log whole lines at a time, each line masked: a value
+        printed in pieces is masked too."""
+        if not self.masker or output.get("output_type") != "stream":
+            return super().log_output_message(output)
+        text = self._partial_lines.pop(output.name, "") + "".join(output.text)
+        complete, newline, rest = text.rpartition("\n")
+        if rest:
+            self._partial_lines[output.name] = rest
+        if newline:
+            self._log_stream(output.name, complete + newline)
+
+    def _flush_log(self) -> None:
+        for name in list(self._partial_lines):
+            self._log_stream(name, self._partial_lines.pop(name))
+
+    def _log_stream(self, name: str, text: str) -> None:
+        from nbformat import NotebookNode
+
+        masked = self.masker.text(text)
+        super().log_output_message(NotebookNode(output_type="stream", name=name, text=masked))
 
     def papermill_execute_cells(self) -> None:
         if self.preamble:
@@ -47,6 +79,7 @@ class BatcatNotebookClient(PapermillNotebookClient):
                     self.nb_man.cell_exception(self.nb.cells[index], cell_index=index, exception=ex)
                 break
             finally:
+                self._flush_log()
                 self.nb_man.cell_complete(self.nb.cells[index], cell_index=index)
                 self._report_progress(index + 1)
 
@@ -71,7 +104,10 @@ class BatcatEngine(NBClientEngine):
     @classmethod
     def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
         if "batcat_preamble" in kwargs:  # called by the batcat worker: the run is handled there
-            return cls._execute(nb_man, kernel_name, kwargs.pop("batcat_preamble"), **kwargs)
+            preamble = kwargs.pop("batcat_preamble")
+            return cls._execute(
+                nb_man, kernel_name, preamble, masker=kwargs.pop("batcat_masker", None), **kwargs
+            )
         from .engine_tracking import tracked_papermill_run
 
         with tracked_papermill_run(nb_man, kernel_name, kwargs) as preamble:

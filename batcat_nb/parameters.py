@@ -78,6 +78,17 @@ def effective_parameters(
     return with_defaults(notebook, given)
 
 
+def check_names(notebook: Notebook, names: Iterable[str], *, allow_unknown: bool = False) -> None:
+    """Refuse names the notebook does not declare (values given elsewhere, e.g. secrets)."""
+    declared = notebook.parameters()
+    if declared is None:
+        return
+    by_name = {p.name: p for p in declared}
+    for name in names:
+        if name not in by_name:
+            _unknown(notebook, name, by_name, allow_unknown)
+
+
 def with_defaults(notebook: Notebook, given: Mapping[str, Any]) -> dict[str, Any]:
     """The notebook's declared defaults (as written) overlaid with the given values."""
     effective: dict[str, Any] = {p.name: _DefaultText(p.default) for p in notebook.parameters() or []}

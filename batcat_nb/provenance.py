@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from .redact import mask_uri
+
 
 def _git(directory: Path, *args: str) -> str | None:
     try:
@@ -26,7 +28,7 @@ def git_tags(notebook: Path) -> dict[str, str]:
         tags["mlflow.source.git.branch"] = branch
     remote = _git(directory, "config", "--get", "remote.origin.url")
     if remote:
-        tags["mlflow.source.git.repoURL"] = remote
+        tags["mlflow.source.git.repoURL"] = mask_uri(remote)  # a token in the remote stays here
     status = _git(directory, "status", "--porcelain", "--untracked-files=no")
     tags["batcat.git.dirty"] = "true" if status else "false"
     return tags

@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import RunFailed
 from .manifest import FINISHED, CellError
+from .redact import mask_uri
 from .ui import ui_command
 
 INTERRUPTED = "interrupted by the user (Ctrl-C)"
@@ -48,7 +49,7 @@ class RunResult(ShownOnce):
     status: str
     run_id: str | None
     experiment_id: str | None
-    tracking_uri: str
+    tracking_uri: str = field(repr=False)  # may carry credentials: shown masked
     backend: str
     duration: float = 0.0
     output_notebook: str | None = None
@@ -87,9 +88,8 @@ class RunResult(ShownOnce):
         rows += [(f"output {name}", where) for name, where in self.outputs.items()]
         if self.run_id:
             rows.append(("mlflow run", f"{self.run_id} (experiment {self.experiment_id})"))
-            rows.append(
-                ("open", self.run_url or f"{ui_command(self.tracking_uri)}  (then open the URL it prints)")
-            )
+            hint = f"{ui_command(self.tracking_uri)}  (then open the URL it prints)"
+            rows.append(("open", mask_uri(self.run_url or hint)))
         return rows
 
     def __str__(self) -> str:
@@ -115,7 +115,7 @@ class RunResult(ShownOnce):
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        return asdict(self)
+        return {**asdict(self), "tracking_uri": mask_uri(self.tracking_uri)}
 
 
 def _html_value(label: str, value: str) -> str:

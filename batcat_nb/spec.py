@@ -19,6 +19,7 @@ class RunRequest:
 
     notebook: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)  # parameter -> env:VAR, ssm:/path...
     backend: str | None = None  # None: the configured default, else "local"
     experiment: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)
@@ -56,6 +57,7 @@ class JobSpec:
     log_output: bool = False
     progress: bool = True
     declared_parameters: list[str] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)  # parameter -> source; never a value
     tags: dict[str, str] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
@@ -78,6 +80,7 @@ class JobSpec:
             "notebook": self.notebook_file,
             "parameters": self.parameters,
             "channel_parameters": self.channel_parameters(),
+            "secrets": self.secrets,
             "recorded_parameters": self.recorded_parameters,
             "kernel": self.kernel,
             "timeout": self.timeout,

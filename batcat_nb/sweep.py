@@ -176,7 +176,7 @@ class _Sweep:
         self.sweep_id = _sweep_id(first.notebook, self.base.parameters, request.combinations)
         self.name = f"{Path(first.notebook).stem}-sweep-{self.sweep_id}"
         for spec in self.specs[:1]:
-            self.backend.validate(spec)
+            api.validate(self.backend, spec)
         self._stop = threading.Event()
         self._stop_reason = ""
 

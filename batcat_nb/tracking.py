@@ -20,6 +20,7 @@ from ._version import __version__
 from .errors import TrackingError
 from .manifest import Manifest
 from .provenance import project_dir
+from .redact import mask_uri, without_credentials
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -232,19 +233,20 @@ def _user() -> str:
 
 def _check_server(uri: str) -> None:
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+        # /health needs no login, and urllib cannot take one inside a URL
+        with urllib.request.urlopen(f"{without_credentials(uri).rstrip('/')}/health", timeout=5):
             pass
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(
-            f"the MLflow tracking server {uri} is not answering ({reason}); start it "
+            f"the MLflow tracking server {mask_uri(uri)} is not answering ({reason}); start it "
             "(`mlflow server`) or unset MLFLOW_TRACKING_URI to use the local SQLite store"
         ) from None
 
 
 def _store_problem(uri: str, exc: Exception) -> str:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (
+    return mask_uri(
         f"cannot write to the MLflow tracking store {uri}: {detail[:300]}. Set "
         "MLFLOW_TRACKING_URI (or --tracking-uri) to a store you can write, e.g. "
         "sqlite:///mlflow.db"

@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 from .config import cache_dir
+from .redact import mask_uri
 
 
 def _record_path(tracking_uri: str) -> Path:
@@ -45,7 +46,7 @@ def run_url(tracking_uri: str, experiment_id: str, run_id: str, ui_base: str | N
     base = ui_base or running_ui(tracking_uri)
     if base is None:
         return None
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return mask_uri(f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}")
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -54,4 +55,4 @@ def ui_command(tracking_uri: str) -> str:
 
     if tracking_uri == default_tracking_uri():
         return "batcat ui"
-    return f"batcat ui --tracking-uri {shlex.quote(tracking_uri)}"
+    return f"batcat ui --tracking-uri {shlex.quote(mask_uri(tracking_uri))}"

@@ -33,6 +33,8 @@ from typing import Any, TextIO
 from .layout import CODE_CHANNEL, MESSAGE_LIMIT, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
 from .record import RECORDS_ENV
+from .redact import Masker
+from .secrets import for_job as job_secrets
 
 log = logging.getLogger("batcat_nb.worker")
 
@@ -163,6 +165,7 @@ class Worker:
             parameters=job["recorded_parameters"],
             kernel=job["kernel"],
         )
+        self.masker = Masker()  # the job's secret values, once resolved
 
     def run(
         self, kernels: KernelSupply, job_env: Callable[[], dict[str, str]], replace_env: bool = False
@@ -191,6 +194,7 @@ class Worker:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             manifest.ended_at = time.time()
+            mask_job(self.masker, manifest, self.output_dir)
             collect_records(manifest, self.output_dir)
             manifest.html = render_html(self.output_dir / manifest.notebook)
             manifest.write(self.output_dir)
@@ -229,6 +233,10 @@ class Worker:
                 RECORDS_ENV: str(self.output_dir / RECORDS_NAME),
                 IN_JOB_ENV: self.job["job_name"],
             }
+            secrets = job_secrets(self.job.get("secrets", {}), env)
+            self.masker = secrets.masker
+            env.update(secrets.env)
+            parameters.update(secrets.parameters)
             log_output = bool(self.job.get("log_output"))
             launcher_bar = self.job.get("progress") == "file"  # the launcher draws it from this file
             progress_file = str(self.layout.progress_file) if launcher_bar else ""
@@ -247,6 +255,7 @@ class Worker:
                 km=km,
                 batcat_preamble=job_preamble(self.code_dir, env, replace=replace_env),
                 batcat_progress_file=progress_file,
+                batcat_masker=self.masker,
             )
         finally:
             _shutdown_kernel(km)
@@ -266,6 +275,22 @@ def job_preamble(cwd: Path | None, env: dict[str, str], replace: bool = False) -
     if env:
         lines.append(f"_os.environ.update({json.dumps(env)})")
     return "; ".join([*lines, "del _os"])
+
+
+def mask_job(masker: Masker, manifest: Manifest, output_dir: Path) -> None:
+    """Secret values out of the executed notebook (before its HTML exists) and the manifest."""
+    if not masker:
+        return
+    import nbformat
+
+    executed = output_dir / manifest.notebook
+    if executed.exists():
+        notebook = nbformat.read(executed, as_version=4)
+        masker.data(notebook)
+        nbformat.write(notebook, executed)
+    manifest.reason = masker.text(manifest.reason) if manifest.reason else manifest.reason
+    if manifest.error is not None:
+        manifest.error.evalue = masker.text(manifest.error.evalue)
 
 
 def collect_records(manifest: Manifest, output_dir: Path) -> None:

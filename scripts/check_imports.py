@@ -15,7 +15,8 @@ from pathlib import Path
 PACKAGE = "batcat_nb"
 # SDK -> the only folder of batcat_nb that may import it
 CONFINED = {"docker": "batcat_nb.backends.docker", "boto3": "batcat_nb.backends.sagemaker"}
-STORAGE_EXCEPTION = {"boto3": {"batcat_nb.storage"}}  # s3:// channels of local and Docker runs
+# s3:// channels of local and Docker runs; secrets a SageMaker job reads with its role
+STORAGE_EXCEPTION = {"boto3": {"batcat_nb.storage", "batcat_nb.secrets"}}
 
 
 def module_name(path: Path, root: Path) -> str:

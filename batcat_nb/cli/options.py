@@ -90,6 +90,16 @@ def _core_options() -> list[Any]:
         ),
         option(
             parameters,
+            "-s",
+            "--secret",
+            "secrets",
+            multiple=True,
+            metavar="NAME[=SOURCE]",
+            help="Parameter NAME receives a secret, never written anywhere: SOURCE env:VAR "
+            "(default env:NAME), on SageMaker also ssm:/PATH or secretsmanager:ID.",
+        ),
+        option(
+            parameters,
             "--allow-unknown-parameters",
             is_flag=True,
             help="Inject parameters the notebook does not declare (with a warning).",
@@ -229,7 +239,7 @@ def backend_options_from(options: dict[str, Any]) -> dict[str, Any]:
 
 def request_from_options(options: dict[str, Any]) -> Any:
     """Click's parsed ``run`` options to a RunRequest."""
-    from .. import parameters
+    from .. import parameters, secrets
     from ..spec import RunRequest
 
     return RunRequest(
@@ -240,6 +250,7 @@ def request_from_options(options: dict[str, Any]) -> Any:
             values=options["values"],
             raw=options["raw"],
         ),
+        secrets=secrets.parse(options["secrets"]),
         backend=options["backend"],
         experiment=options["experiment"],
         inputs=parse_pairs(options["inputs"], "--input"),

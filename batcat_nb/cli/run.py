@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
+from ..redact import mask_uri
 from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
 from .options import SectionedCommand, option, request_from_options, run_options, sweep_from_options
 
@@ -94,7 +95,7 @@ def ui(port: int, tracking_uri: str | None) -> None:
     from ..ui import record_ui
 
     url = f"http://127.0.0.1:{port}"
-    click.echo(f"MLflow UI for {uri} at {url}", err=True)
+    click.echo(f"MLflow UI for {mask_uri(uri)} at {url}", err=True)
     record_ui(uri, url)  # summaries printed while it runs link to their run
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     command = ["-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1"]

@@ -31,6 +31,7 @@ from traitlets import Bool, Float, Integer, Unicode
 
 from ..errors import BatcatError, UsageError, did_you_mean
 from ..manifest import RUNNING
+from ..redact import mask_uri
 from ..worker import IN_JOB_ENV
 from .current_notebook import current_notebook
 from .jobs import Jobs, SkippedRun, follow_logs
@@ -288,7 +289,7 @@ class BatcatMagics(Magics):
             raise UsageError(f"--last takes a positive number of runs, not {last}")
         uri = args.tracking_uri or self.tracking_uri or default_tracking_uri()
         if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-            print(f"batcat: no runs yet: the MLflow store {uri} does not exist")
+            print(f"batcat: no runs yet: the MLflow store {mask_uri(uri)} does not exist")
             return runs_frame(None, {}, last).set_index("run")
         client = Tracker(uri).client
         experiments, label = self._experiments(client, args.experiment)

@@ -245,6 +245,22 @@ def test_the_summary_links_to_the_run_when_the_ui_address_is_configured(ip, magi
     assert result.run_url == url and f"<a href='{url}'" in result._repr_html_()
 
 
+def test_a_secret_reaches_the_notebook_and_neither_its_outputs_nor_the_summary(
+    ip, magics, experiment, project, monkeypatch
+):
+    value = f"tok-{os.urandom(8).hex()}"
+    monkeypatch.setenv("MY_TOKEN", value)
+    nb = write_notebook(project / "nb.ipynb", 'api_token = ""', "print('got', api_token, len(api_token))")
+
+    result = line(ip, "batcat_run", f"{nb} -s api_token=env:MY_TOKEN -e {experiment}")
+
+    assert result.status == FINISHED, result.reason
+    assert result.parameters["api_token"] == "<secret env:MY_TOKEN>"
+    executed = Path(result.output_notebook).read_text()
+    assert f"got *** {len(value)}" in executed and value not in executed
+    assert value not in result._repr_html_() + str(result)
+
+
 # --------------------------------------------------------------------------- inside a batch job
 
 

@@ -32,6 +32,7 @@ from ...contract import (
 from ...errors import BackendError, ConfigError
 from ...layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
 from ...manifest import FINISHED, RUNNING, Manifest
+from ...secrets import launcher_env
 from ...spec import JobSpec
 from ...storage import aws_credentials, is_s3
 from ...tracking import TAG_IMAGE, TAG_IMAGE_DIGEST, Tracker, run_env
@@ -164,6 +165,7 @@ class DockerHandle(JobHandle):
         environment, mounts = self._tracking()
         environment.update(self.config.environment())
         secrets = aws_credentials() if self.config.pass_aws_credentials else {}
+        secrets.update(launcher_env(self.spec.secrets))  # the container's, not its config's
         request = self._request(environment)
         self._thread = threading.Thread(
             target=self._run, args=(request, mounts, secrets), name=f"docker-{self.job_name}", daemon=True

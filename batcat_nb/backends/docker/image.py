@@ -7,6 +7,13 @@ changed notebook never needs a new image, because notebooks travel as job inputs
 
 Where the build cannot reach a package index (or with ``wheelhouse=True``), wheels are
 resolved on the host for the image's own Python and installed with ``--no-index``.
+
+Credentials never enter the image: when the package index URL (``PIP_INDEX_URL``, pip.conf)
+or a requirement line carries one, the wheels are always resolved on the host, where pip
+reads them as usual, and the copy of the requirements in the image names packages only. The
+docker SDK's build API has no BuildKit secrets (``--secret``), and a build argument is kept in
+``docker history``: resolving on the host is what leaves no layer, history entry or pushed
+image holding a token.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from ...config import cache_dir
 from ...contract import RUNNER_REPOSITORY
 from ...errors import ImageBuildError, UsageError
 from ...provenance import project_dir
+from ...redact import mask_uri
 
 log = logging.getLogger("batcat_nb")
 
@@ -207,6 +215,10 @@ class _Build:
         self.client, self.inputs, self.tag, self.key, self.on_log = client, inputs, tag, key, on_log
 
     def run(self, wheelhouse: bool | None) -> Any:
+        if _carries_credentials(self.inputs.requirements):
+            if wheelhouse is False:
+                log.warning("the package index needs credentials: resolving wheels on this host instead")
+            wheelhouse = True  # never a token in a build argument or a layer
         offline = wheelhouse if wheelhouse is not None else not self._index_reachable()
         with tempfile.TemporaryDirectory(prefix="batcat-build-") as tmp:
             context = Path(tmp)
@@ -352,9 +364,11 @@ def _download(target: list[str], requirements: Path, cached: Path) -> None:
         lines = (done.stdout + done.stderr).splitlines()
         errors = [line for line in lines if line.startswith("ERROR")] or lines[-1:]
         raise ImageBuildError(
-            f"building the runner image failed while resolving the wheels of {requirements} for "
-            f"Python {version} (pip download): {errors[0] if errors else done.returncode}; fix that "
-            f"requirement\n{_tail(lines)}"
+            mask_uri(
+                f"building the runner image failed while resolving the wheels of {requirements} "
+                f"for Python {version} (pip download): {errors[0] if errors else done.returncode}; "
+                f"fix that requirement\n{_tail(lines)}"
+            )
         )
     (partial / ".complete").touch()
     shutil.rmtree(cached, ignore_errors=True)
@@ -441,11 +455,36 @@ def _requirements_path(requirements: str | Path | None) -> Path | None:
 
 
 def _requirement_lines(path: Path | None) -> str:
-    """The requirement lines of ``path`` without comments and blank lines (what the hash covers)."""
+    """The requirement lines of ``path`` as the image holds them (and the hash covers): without
+    comments and blank lines, and without credentials (see ``_without_credentials``)."""
     if path is None:
         return ""
     lines = (line.split(" #")[0].strip() for line in path.read_text().splitlines())
-    return "".join(f"{line}\n" for line in lines if line and not line.startswith("#"))
+    kept = (_without_credentials(line, path) for line in lines if line and not line.startswith("#"))
+    return "".join(f"{line}\n" for line in kept if line)
+
+
+def _without_credentials(line: str, path: Path) -> str:
+    """A requirement line fit for the image: an index option with a credential is dropped (the
+    wheels were resolved on the host), ``NAME @ URL`` with one becomes ``NAME``."""
+    if mask_uri(line) == line:
+        return line
+    if line.startswith("-"):
+        return ""
+    name, at, _url = line.partition(" @ ")
+    marker = line.partition(";")[2].strip()
+    if not at or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*(\[[^\]]*\])?", name.strip()):
+        raise UsageError(
+            f"{path}: the line {mask_uri(line)!r} carries a credential and names no package; "
+            "write it as NAME @ URL, or put the index in PIP_INDEX_URL or pip.conf"
+        )
+    return f"{name.strip()} ; {marker}" if marker else name.strip()
+
+
+def _carries_credentials(requirements: Path | None) -> bool:
+    """Does the build need a credential: in the index URL or in a requirement line?"""
+    lines = requirements.read_text().splitlines() if requirements is not None else []
+    return any(mask_uri(text) != text for text in [_index_url(), *lines])
 
 
 def _mlflow_version() -> str | None:

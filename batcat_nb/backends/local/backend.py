@@ -20,6 +20,7 @@ from typing import IO
 from ...errors import KernelNotFound, UsageError
 from ...layout import CODE_CHANNEL, ML_ROOT_ENV, NOTEBOOK_CHANNEL, JobLayout
 from ...manifest import RUNNING, Manifest
+from ...secrets import launcher_env
 from ...spec import JobSpec
 from ...storage import download, is_s3, upload
 from ...tracking import Tracker, run_env
@@ -145,7 +146,8 @@ class LocalHandle(JobHandle):
 
     def _on_attach(self) -> None:
         assert self.tracker is not None and self.spec.run_id and self.spec.experiment_id
-        self._run.start(run_env(self.tracker.uri, self.spec.run_id, self.spec.experiment_id))
+        env = run_env(self.tracker.uri, self.spec.run_id, self.spec.experiment_id)
+        self._run.start({**env, **launcher_env(self.spec.secrets)})  # by pipe, never on disk
         if self.spec.progress:
             self._progress = CellProgress(self.layout.progress_file, self._run.wait)
 

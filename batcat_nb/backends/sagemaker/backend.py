@@ -27,6 +27,7 @@ from ...contract import include_paths
 from ...errors import BackendError, UsageError
 from ...layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
 from ...manifest import FAILED, KILLED, RUNNING
+from ...redact import without_credentials
 from ...spec import JobSpec
 from ...storage import download, is_s3, split_s3, upload
 from ...tracking import TAG_IMAGE
@@ -105,6 +106,7 @@ class SageMakerBackend:
 
     name = "sagemaker"
     detachable = True  # the job runs in AWS whether or not this process waits
+    secret_sources = ("ssm", "secretsmanager")  # read inside the job with its role
 
     def __init__(self) -> None:
         self._resolved: dict[str, _Resolved] = {}
@@ -216,8 +218,10 @@ def check_bucket(bucket: str, region: str) -> None:
 
 
 def _tracking_reachable(uri: str) -> bool:
-    """Can a job on AWS log to this store itself? A server or a SageMaker managed MLflow can."""
-    return uri.startswith(("http://", "https://", "arn:"))
+    """Can a job on AWS log to this store itself? A server or a SageMaker managed MLflow can,
+    unless its URI holds a credential, which the job's environment would show in its
+    description: then the launcher completes the run from the manifest instead."""
+    return uri.startswith(("http://", "https://", "arn:")) and without_credentials(uri) == uri
 
 
 def _draft_tracking_env(spec: JobSpec) -> dict[str, str]:
@@ -278,8 +282,9 @@ def _request(spec: JobSpec, resolved: _Resolved, tracking_env: dict[str, str]) -
     if spec.run_id:
         tags[JOB_TAG_RUN_ID] = spec.run_id
         tags[JOB_TAG_EXPERIMENT_ID] = spec.experiment_id or ""
-    if _TAG_VALUE.fullmatch(spec.tracking_uri):
-        tags[JOB_TAG_TRACKING_URI] = spec.tracking_uri
+    stored_uri = without_credentials(spec.tracking_uri)  # the user's own credentials reconnect
+    if _TAG_VALUE.fullmatch(stored_uri):
+        tags[JOB_TAG_TRACKING_URI] = stored_uri
     request["Tags"] = [{"Key": k, "Value": str(v)} for k, v in tags.items()]
     return request
 

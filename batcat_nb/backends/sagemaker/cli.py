@@ -187,14 +187,14 @@ def complete_run(description: dict[str, Any], output_dir: Path, region: str) -> 
     import time
 
     from ...manifest import FAILED, KILLED, Manifest
-    from ...tracking import Tracker, default_tracking_uri
+    from ...tracking import Tracker
     from . import jobs as sagemaker_jobs
 
     tags = sagemaker_jobs.job_tags(description, region)
     run_id = tags.get(sagemaker_jobs.JOB_TAG_RUN_ID)
     if not run_id:
         return None
-    tracker = Tracker(tags.get(sagemaker_jobs.JOB_TAG_TRACKING_URI) or default_tracking_uri())
+    tracker = Tracker(sagemaker_jobs.tracking_uri(tags))
     try:
         manifest = Manifest.read(output_dir)
     except (OSError, ValueError):

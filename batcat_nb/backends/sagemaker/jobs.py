@@ -30,6 +30,17 @@ JOB_TAG_TRACKING_URI = "batcat:mlflow-tracking-uri"
 JOB_TAG_NOTEBOOK = "batcat:notebook"
 
 
+def tracking_uri(tags: dict[str, str]) -> str:
+    """The store of a job's run. The tag holds its URI without credentials: when this user's
+    own ``MLFLOW_TRACKING_URI`` is that URI with credentials, it is used; otherwise MLflow's
+    ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (or token) supply them."""
+    from ...redact import without_credentials
+    from ...tracking import default_tracking_uri
+
+    stored, own = tags.get(JOB_TAG_TRACKING_URI), default_tracking_uri()
+    return own if not stored or without_credentials(own) == stored else stored
+
+
 def console_url(region: str, job_name: str) -> str:
     return (
         f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/processing-jobs/{job_name}"
