@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from . import replay
 from .backends import registry
 from .backends.base import Backend, JobHandle
 from .config import CoreConfig, resolve
 from .contract import MAX_INPUTS, check_channels
 from .errors import TrackingError, UsageError
 from .layout import RESERVED_CHANNELS
-from .notebook import load_notebook
+from .notebook import Notebook, load_notebook
 from .parameters import effective_parameters, given_only, recorded
 from .result import INTERRUPTED, RunResult
 from .spec import JobSpec, RunRequest, job_name
@@ -26,8 +27,9 @@ log = logging.getLogger("batcat_nb")
 DEFAULT_KERNEL = "python3"
 
 
-def resolve_spec(request: RunRequest) -> JobSpec:
-    """Everything about the run, checked before anything costly starts."""
+def resolve_spec(request: RunRequest, notebook: Notebook | None = None) -> JobSpec:
+    """Everything about the run, checked before anything costly starts; ``notebook``: what runs
+    instead of the file ``request.notebook`` holds now (a rerun's recorded notebook)."""
     config = resolve(
         CoreConfig,
         "",
@@ -38,9 +40,10 @@ def resolve_spec(request: RunRequest) -> JobSpec:
             "output_dir": request.output_dir,
             "kernel": request.kernel,
             "timeout": request.timeout,
+            "retries": request.retries,
         },
     )
-    notebook = load_notebook(request.notebook)
+    given_notebook, notebook = notebook, notebook or load_notebook(request.notebook)
     effective = effective_parameters(
         notebook, request.parameters, allow_unknown=request.allow_unknown_parameters
     )
@@ -67,6 +70,8 @@ def resolve_spec(request: RunRequest) -> JobSpec:
         declared_parameters=declared,
         tags=dict(request.tags),
         backend_options=dict(request.backend_options),
+        retries=config.retries,
+        notebook_content=notebook.content if given_notebook or notebook.is_text else None,
     )
     channels = {**spec.inputs, **spec.outputs}
     for parameter, channel_path in spec.channel_parameters().items():
@@ -76,7 +81,11 @@ def resolve_spec(request: RunRequest) -> JobSpec:
 
 def submit(request: RunRequest, *, detached: bool = False) -> JobHandle:
     """Start the run and return its handle at once; ``detached``: the job must outlive this process."""
-    spec = resolve_spec(request)
+    return submit_spec(resolve_spec(request), detached=detached)
+
+
+def submit_spec(spec: JobSpec, *, detached: bool = False) -> JobHandle:
+    """Check what the backend and the inputs need, then start the resolved ``spec``."""
     backend = registry.get(spec.backend)
     if detached and not getattr(backend, "detachable", False):
         raise UsageError(
@@ -90,13 +99,14 @@ def submit(request: RunRequest, *, detached: bool = False) -> JobHandle:
 
 def start(backend: Backend, tracker: Tracker, spec: JobSpec, tags: dict[str, str] | None = None) -> JobHandle:
     """Submit ``spec`` and create its MLflow run meanwhile; the job learns its run once it exists."""
+    tags = {**replay.record(spec), **(tags or {})}
     handle = backend.submit(spec)  # the job starts while MLflow loads
     try:
         run_id, experiment_id = tracker.start_run(
             experiment=spec.experiment,
             run_name=spec.job_name,
             params=spec.recorded_parameters,
-            tags={**tags_for(spec), **(tags or {})},
+            tags={**tags_for(spec), **tags},
         )
     except (TrackingError, KeyboardInterrupt):
         handle.cancel()

@@ -33,6 +33,7 @@ class RunRequest:
     tracking_uri: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)
+    retries: int | None = None  # resubmissions after an infrastructure failure
 
 
 @dataclass
@@ -58,8 +59,12 @@ class JobSpec:
     declared_parameters: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0  # resubmissions after an infrastructure failure
     run_id: str | None = None
     experiment_id: str | None = None
+    # The notebook as nbformat JSON when the file itself is not what runs: a text notebook
+    # (jupytext) or a rerun's recorded notebook. The job receives it in job.json.
+    notebook_content: dict[str, Any] | None = None
 
     @property
     def notebook_file(self) -> str:
@@ -85,6 +90,7 @@ class JobSpec:
             "log_output": self.log_output,
             "progress": self.progress,
             "output_channel": NOTEBOOK_CHANNEL,
+            **({"notebook_content": self.notebook_content} if self.notebook_content else {}),
         }
 
 

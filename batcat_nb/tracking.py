@@ -45,6 +45,8 @@ TAG_ERROR_VALUE = "batcat.error.evalue"
 TAG_COMPLETED = "batcat.completed"
 TAG_IMAGE = "batcat.image"  # the image the job ran in: a local tag or a registry URI
 TAG_IMAGE_DIGEST = "batcat.image.digest"
+TAG_RERUN_OF = "batcat.rerun_of"  # the run this one re-ran
+TAG_ATTEMPT = "batcat.attempt"  # 1, or more when infrastructure failures were retried
 
 _PARAM_MAX = 6000  # MLflow's limit on a parameter value
 _TAG_MAX = 5000

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import environment
 from .layout import CODE_CHANNEL, MESSAGE_LIMIT, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
 from .record import RECORDS_ENV
@@ -193,6 +194,7 @@ class Worker:
             manifest.ended_at = time.time()
             collect_records(manifest, self.output_dir)
             manifest.html = render_html(self.output_dir / manifest.notebook)
+            environment.write(self.output_dir)
             manifest.write(self.output_dir)
             if manifest.status != FINISHED:
                 _write_message(self.layout, manifest.reason or manifest.status)
@@ -231,7 +233,7 @@ class Worker:
             }
             log_output = bool(self.job.get("log_output"))
             papermill.execute_notebook(
-                str(self.code_dir / self.job["notebook"]),
+                self._source(),
                 str(self.output_dir / self.manifest.notebook),
                 parameters=parameters,
                 engine_name="batcat",
@@ -247,6 +249,15 @@ class Worker:
             )
         finally:
             _shutdown_kernel(km)
+
+    def _source(self) -> Any:
+        """The notebook to execute: given in job.json (a text notebook, a rerun), else the file."""
+        content = self.job.get("notebook_content")
+        if content is None:
+            return str(self.code_dir / self.job["notebook"])
+        import nbformat
+
+        return nbformat.from_dict(content)
 
 
 def job_preamble(cwd: Path | None, env: dict[str, str], replace: bool = False) -> str:

@@ -32,9 +32,10 @@ def cli(verbose: bool) -> None:
 
 def _add_commands() -> None:
     from .agent import agent
+    from .rerun import rerun
     from .run import inspect, run, submit, ui
 
-    for command in (run, submit, inspect, ui, agent):
+    for command in (run, submit, rerun, inspect, ui, agent):
         cli.add_command(command)
     for target in BACKEND_CLIS.values():
         for command in importlib.import_module(target).COMMANDS:

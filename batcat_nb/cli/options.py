@@ -97,6 +97,14 @@ def _core_options() -> list[Any]:
         option(run, "--backend", "-b", default=None, help="local (default), docker, sagemaker."),
         option(
             run,
+            "--retries",
+            type=int,
+            default=None,
+            metavar="N",
+            help="Resubmit a job that failed for an infrastructure reason, up to N times.",
+        ),
+        option(
+            run,
             "--input",
             "inputs",
             multiple=True,
@@ -268,6 +276,7 @@ def request_from_options(options: dict[str, Any]) -> Any:
         tracking_uri=options["tracking_uri"],
         tags=parse_pairs(options["tags"], "--tag"),
         backend_options=backend_options_from(options),
+        retries=options["retries"],
     )
 
 
