@@ -6,9 +6,10 @@ Front ends (CLI, magics, ``batcat_nb.run``) build a RunRequest and call ``submit
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
-from . import replay
+from . import replay, retry
 from .backends import registry
 from .backends.base import Backend, JobHandle
 from .config import CoreConfig, resolve
@@ -20,7 +21,7 @@ from .parameters import effective_parameters, given_only, recorded
 from .result import INTERRUPTED, RunResult
 from .spec import JobSpec, RunRequest, job_name
 from .storage import check_input, is_s3
-from .tracking import TAG_OUTPUT, Tracker, default_tracking_uri, run_tags
+from .tracking import TAG_ATTEMPT, TAG_OUTPUT, Tracker, default_tracking_uri, run_tags
 
 log = logging.getLogger("batcat_nb")
 
@@ -130,7 +131,7 @@ def tags_for(spec: JobSpec) -> dict[str, str]:
         kernel=spec.kernel,
         job_name=spec.job_name,
     )
-    return {**provenance, TAG_OUTPUT: spec.output_dir, **spec.tags}
+    return {**provenance, TAG_OUTPUT: spec.output_dir, TAG_ATTEMPT: "1", **spec.tags}
 
 
 def run(request: RunRequest) -> RunResult:
@@ -139,7 +140,20 @@ def run(request: RunRequest) -> RunResult:
 
 
 def wait(handle: JobHandle) -> RunResult:
-    """Wait for a submitted job; Ctrl-C stops it, keeps its partial notebook, marks it KILLED."""
+    """Wait for a submitted job, submitting it again after an infrastructure failure while its
+    ``retries`` allow; Ctrl-C stops it, keeps its partial notebook, marks it KILLED."""
+    return retry.wait_with_retries(handle, _wait_once, _resubmit)
+
+
+def _resubmit(handle: JobHandle, job_name: str) -> JobHandle:
+    """The same job under a new name, attached to the same MLflow run."""
+    assert handle.tracker is not None and handle.spec.run_id and handle.spec.experiment_id
+    again = registry.get(handle.spec.backend).submit(replace(handle.spec, job_name=job_name))
+    again.attach(handle.tracker, handle.spec.run_id, handle.spec.experiment_id)
+    return again
+
+
+def _wait_once(handle: JobHandle) -> RunResult:
     try:
         return handle.wait()
     except KeyboardInterrupt:

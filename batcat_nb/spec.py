@@ -10,7 +10,7 @@ from typing import Any
 
 from .layout import NOTEBOOK_CHANNEL
 
-_JOB_NAME_MAX = 63
+JOB_NAME_MAX = 63
 
 
 @dataclass
@@ -99,5 +99,5 @@ def job_name(notebook_stem: str, now: float | None = None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
     suffix = secrets.token_hex(2)
     stem = re.sub(r"[^a-zA-Z0-9]+", "-", notebook_stem).strip("-") or "notebook"
-    stem = stem[: _JOB_NAME_MAX - len(stamp) - len(suffix) - 2].rstrip("-")
+    stem = stem[: JOB_NAME_MAX - len(stamp) - len(suffix) - 2].rstrip("-")
     return f"{stem}-{stamp}-{suffix}"

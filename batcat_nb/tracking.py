@@ -198,6 +198,16 @@ class Tracker:
         )
         return [r.data.tags.get(key_tag, "") for r in children if r.info.status == "FINISHED"]
 
+    def retry_run(self, run_id: str, attempt: int, reason: str) -> None:
+        """Reopen a run for its next attempt, keeping why the previous one failed."""
+        client = self.client
+        for key in (TAG_COMPLETED, TAG_REASON, TAG_ERROR_CELL, TAG_ERROR_NAME, TAG_ERROR_VALUE):
+            if key in client.get_run(run_id).data.tags:
+                client.delete_tag(run_id, key)
+        client.set_tag(run_id, f"{TAG_ATTEMPT}.{attempt - 1}.reason", reason[:_TAG_MAX])
+        client.set_tag(run_id, TAG_ATTEMPT, str(attempt))
+        client.update_run(run_id, status="RUNNING")
+
     def reopen_run(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import environment
+from . import environment, retry
 from .layout import CODE_CHANNEL, MESSAGE_LIMIT, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
 from .record import RECORDS_ENV
@@ -186,7 +186,8 @@ class Worker:
         except JobStopped as stop:
             manifest.status, manifest.reason = KILLED, stop.reason
         except Exception as exc:  # every failure ends in the manifest, never in a lost job
-            manifest.status, manifest.error, manifest.reason = _describe(exc, self.job)
+            executed = self.output_dir / manifest.notebook
+            manifest.status, manifest.error, manifest.reason = _describe(exc, self.job, executed)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             for signum, handler in previous.items():
@@ -343,7 +344,7 @@ def _late_tracking_env() -> dict[str, str]:
     return json.loads(line) if line.strip() else {}
 
 
-def _describe(exc: Exception, job: dict[str, Any]) -> tuple[str, CellError | None, str]:
+def _describe(exc: Exception, job: dict[str, Any], executed: Path) -> tuple[str, CellError | None, str]:
     """The status, the failing cell (if any) and a one-line reason."""
     from jupyter_client.kernelspec import NoSuchKernel
     from nbclient.exceptions import CellTimeoutError
@@ -356,6 +357,8 @@ def _describe(exc: Exception, job: dict[str, Any]) -> tuple[str, CellError | Non
         return KILLED, None, f"a cell ran longer than {limit:g}s (--execution-timeout)"
     if isinstance(exc, NoSuchKernel):
         return FAILED, None, f"kernel '{job['kernel']}' is not installed where the job ran"
+    if retry.kernel_died_before_first_cell(exc, executed):  # not the notebook's fault: retryable
+        return FAILED, None, f"{retry.KERNEL_DIED} ({type(exc).__name__}: {exc})"
     return FAILED, None, f"{type(exc).__name__}: {exc}"
 
 

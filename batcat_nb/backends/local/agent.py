@@ -121,7 +121,16 @@ def _start(path: Path) -> socket.socket:
 
 # Tracker methods the agent runs for its clients (their arguments and results are JSON).
 _REMOTE_METHODS = frozenset(
-    {"experiment_id", "start_run", "fail_run", "find_run", "finished_children", "reopen_run", "end_run"}
+    {
+        "experiment_id",
+        "start_run",
+        "fail_run",
+        "find_run",
+        "finished_children",
+        "reopen_run",
+        "retry_run",
+        "end_run",
+    }
 )
 
 
@@ -154,6 +163,9 @@ class AgentTracker(Tracker):
 
     def reopen_run(self, run_id: str) -> None:
         self._remote("reopen_run", run_id=run_id)
+
+    def retry_run(self, run_id: str, attempt: int, reason: str) -> None:
+        self._remote("retry_run", run_id=run_id, attempt=attempt, reason=reason)
 
     def end_run(self, run_id: str, status: str, tags: Any, metrics: Any) -> None:
         self._remote("end_run", run_id=run_id, status=status, tags=dict(tags), metrics=dict(metrics))
