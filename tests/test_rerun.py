@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import output_notebook, run_batcat, write_notebook
 
+import batcat_nb
+
 pytestmark = pytest.mark.slow
 
 SCORE = "import batcat_nb\nbatcat_nb.record('score', alpha * scale)\nprint('alpha is', alpha)"
@@ -121,3 +123,38 @@ def test_rerun_of_an_unknown_run_is_one_line(project):
     assert again.returncode == 2
     assert again.stderr.startswith("batcat: error: no run 0123456789abcdef in ")
     assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_rerun_reads_the_recorded_versions_of_a_versioned_s3_input(
+    project, experiment, bucket, mlflow_client
+):
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket=bucket, Key="data/a.txt", Body=b"3")
+    s3.put_object(Bucket=bucket, Key="data/sub/b.txt", Body=b"4")
+    notebook = write_notebook(
+        project / "total.ipynb",
+        "data_dir = 'data'",
+        "import pathlib, batcat_nb\n"
+        "batcat_nb.record('total', sum(int(p.read_text()) for p in pathlib.Path(data_dir).rglob('*.txt')))",
+    )
+    first = batcat_nb.run(str(notebook), experiment=experiment, inputs={"data": f"s3://{bucket}/data"})
+    assert first.ok and first.metrics == {"total": 7.0}
+    s3.put_object(Bucket=bucket, Key="data/a.txt", Body=b"30")  # overwritten
+    s3.put_object(Bucket=bucket, Key="data/c.txt", Body=b"100")  # added
+
+    again = batcat_nb.rerun(first.run_id, progress=False)
+
+    assert again.ok and again.result.metrics == {"total": 7.0}  # the original versions, nothing added
+    assert again.changed_inputs == {}
+    assert ("total", "equal (7)") in again.metric_changes()
+    scratch = project / "listing"
+    listing = json.loads(
+        Path(mlflow_client.download_artifacts(first.run_id, "batcat-inputs.json", str(scratch))).read_text()
+    )
+    assert [(e["Key"], bool(e["VersionId"])) for e in listing["data"]["entries"]] == [
+        ("data/a.txt", True),
+        ("data/sub/b.txt", True),
+    ]
