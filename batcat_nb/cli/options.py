@@ -98,7 +98,7 @@ def _core_options() -> list[Any]:
         option(
             run,
             "--retries",
-            type=int,
+            type=click.IntRange(min=0),
             default=None,
             metavar="N",
             help="Resubmit a job that failed for an infrastructure reason, up to N times.",

@@ -22,7 +22,13 @@ from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
 )
 @click.option("--backend", "-b", default=None, help="Run it elsewhere (default: where it ran).")
 @click.option("--tracking-uri", default=None, help="The store holding RUN_ID (default: the project's).")
-@click.option("--retries", type=int, default=None, help="Resubmit after an infrastructure failure, N times.")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Resubmit after an infrastructure failure, N times.",
+)
 @click.option("--no-progress", is_flag=True, help="Do not show the cells' progress.")
 def rerun(
     run_id: str,
