@@ -7,12 +7,15 @@ a busy machine) or a ``pip freeze`` subprocess.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
 from pathlib import Path
 
 ENVIRONMENT_NAME = "environment.txt"
+
+log = logging.getLogger("batcat_nb")
 
 
 def installed() -> dict[str, str]:
@@ -42,9 +45,14 @@ def describe() -> str:
     return "\n".join([header, *(f"{k}=={v}" for k, v in sorted(installed().items()))]) + "\n"
 
 
-def write(directory: Path) -> Path:
+def write(directory: Path) -> Path | None:
+    """``environment.txt`` in ``directory``; a failure is logged, never the job's end."""
     path = directory / ENVIRONMENT_NAME
-    path.write_text(describe())
+    try:
+        path.write_text(describe())
+    except OSError as exc:
+        log.warning("cannot write %s: %s", path, exc)
+        return None
     return path
 
 
