@@ -158,3 +158,32 @@ def test_rerun_reads_the_recorded_versions_of_a_versioned_s3_input(
         ("data/a.txt", True),
         ("data/sub/b.txt", True),
     ]
+
+
+def test_rerun_takes_the_notebook_from_git_when_the_commit_holds_the_same_bytes(
+    project, experiment, mlflow_client
+):
+    import subprocess
+
+    notebook = project / "score.py"
+    notebook.write_text('# %% tags=["parameters"]\nalpha = 1.0\nscale = 2\n\n# %%\n' + SCORE + "\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "add", "score.py"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "score"], cwd=project, check=True)
+    first = batcat_nb.run(str(notebook), experiment=experiment, progress=False)
+    assert first.ok, first.reason
+    notebook.write_text(
+        '# %% tags=["parameters"]\nalpha = 1.0\nscale = 2\n\n# %%\nraise ValueError("edited")\n'
+    )
+
+    again = batcat_nb.rerun(first.run_id, progress=False)
+
+    commit = mlflow_client.get_run(first.run_id).data.tags["mlflow.source.git.commit"]
+    assert again.ok and again.notebook_from == f"git {commit[:12]}"
+    tags = mlflow_client.get_run(again.result.run_id).data.tags
+    assert tags["batcat.rerun.notebook_from"] == f"git {commit[:12]}"
+    assert (
+        tags["batcat.notebook.sha256"]
+        == mlflow_client.get_run(first.run_id).data.tags["batcat.notebook.sha256"]
+    )
