@@ -17,7 +17,7 @@ from .record import record
 if TYPE_CHECKING:
     from .backends.base import JobHandle
     from .notebook import Parameter
-    from .rerun import RerunResult
+    from .reruns import RerunResult
     from .result import RunResult
     from .sweep import SweepResult
 
@@ -77,7 +77,7 @@ def rerun(run_id: str, parameters: dict[str, Any] | None = None, **options: Any)
     ``options``: backend, tracking_uri, and RunRequest's output_dir, progress, retries, ...
     The result compares its metrics with the original's and names inputs that changed.
     """
-    from .rerun import rerun as rerun_run
+    from .reruns import rerun as rerun_run
 
     return rerun_run(run_id, parameters, **options)
 

@@ -187,3 +187,10 @@ def test_rerun_takes_the_notebook_from_git_when_the_commit_holds_the_same_bytes(
         tags["batcat.notebook.sha256"]
         == mlflow_client.get_run(first.run_id).data.tags["batcat.notebook.sha256"]
     )
+
+
+def test_batcat_nb_rerun_stays_the_function_once_its_module_is_imported():
+    import importlib
+
+    importlib.import_module("batcat_nb.reruns")
+    assert callable(batcat_nb.rerun) and batcat_nb.rerun.__module__ == "batcat_nb"

@@ -40,7 +40,7 @@ def rerun(
 ) -> None:
     """Execute RUN_ID again: its notebook, parameters, kernel, backend, image and inputs."""
     from ..parameters import collect
-    from ..rerun import rerun as rerun_run
+    from ..reruns import rerun as rerun_run
 
     outcome = rerun_run(
         run_id,

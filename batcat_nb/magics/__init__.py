@@ -310,7 +310,7 @@ class BatcatMagics(Magics):
         if self._note_in_job("%batcat_rerun"):
             return None
         from ..parameters import collect
-        from ..rerun import rerun
+        from ..reruns import rerun
 
         args = parse_argstring(self.batcat_rerun, line)
         parameters = collect(values=[tuple(pair) for pair in args.parameter])

@@ -396,9 +396,8 @@ def test_studio_lifecycle_script_installs_the_startup_file_that_loads_the_magics
         [sys.executable, "-m", "IPython", "--no-banner", "-c", check], env=env, capture_output=True, text=True
     )
     assert ipython.returncode == 0, ipython.stderr
-    assert "'batcat_logs', 'batcat_params', 'batcat_run', 'batcat_runs', 'batcat_status', 'batcat_stop'" in (
-        ipython.stdout
-    )
+    magics = "'batcat_logs', 'batcat_params', 'batcat_rerun', 'batcat_run', 'batcat_runs', 'batcat_status'"
+    assert magics + ", 'batcat_stop'" in ipython.stdout
 
 
 def test_startup_file_is_silent_where_batcat_nb_is_not_installed(tmp_path):
