@@ -104,7 +104,10 @@ def list_objects(uri: str, client: Any = None) -> list[dict[str, Any]]:
     ``Size``, ``ETag`` and, when the bucket is versioned, ``VersionId``."""
     bucket, prefix = split_s3(uri)
     client = client or s3_client()
-    versioned = client.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+    try:
+        versioned = client.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+    except Exception:  # a role allowed to read but not to ask: fingerprint without versions
+        versioned = False
     if versioned:
         pages = client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
         items = [v for page in pages for v in page.get("Versions", []) if v.get("IsLatest")]
