@@ -19,10 +19,11 @@ from .record import record
 if TYPE_CHECKING:
     from .backends.base import JobHandle
     from .notebook import Parameter
+    from .reruns import RerunResult
     from .result import RunResult
     from .sweep import SweepResult
 
-__all__ = ["__version__", "inspect", "record", "run", "submit", "sweep", "workflow"]
+__all__ = ["__version__", "inspect", "record", "rerun", "run", "submit", "sweep", "workflow"]
 
 
 def run(notebook: str, parameters: dict[str, Any] | None = None, **options: Any) -> RunResult:
@@ -70,6 +71,17 @@ def sweep(
     base = RunRequest(notebook=str(notebook), parameters=dict(parameters or {}), **options)
     request = SweepRequest(base, combinations, objective, maximize, max_parallel, fail_fast, rerun)
     return run_sweep(request)
+
+
+def rerun(run_id: str, parameters: dict[str, Any] | None = None, **options: Any) -> RerunResult:
+    """Run the recorded run ``run_id`` again as it was (``parameters`` override its given ones).
+
+    ``options``: backend, tracking_uri, and RunRequest's output_dir, progress, retries, ...
+    The result compares its metrics with the original's and names inputs that changed.
+    """
+    from .reruns import rerun as rerun_run
+
+    return rerun_run(run_id, parameters, **options)
 
 
 def inspect(notebook: str) -> list[Parameter]:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import replace
 from pathlib import Path
 
-from . import secrets
+from . import replay, retry, secrets
 from .backends import registry
 from .backends.base import Backend, JobHandle
 from .config import CoreConfig, resolve
@@ -22,15 +23,16 @@ from .redact import looks_secret
 from .result import INTERRUPTED, RunResult
 from .spec import JobSpec, RunRequest, job_name
 from .storage import check_input, is_s3
-from .tracking import TAG_OUTPUT, Tracker, default_tracking_uri, run_tags
+from .tracking import TAG_ATTEMPT, TAG_OUTPUT, Tracker, default_tracking_uri, run_tags
 
 log = logging.getLogger("batcat_nb")
 
 DEFAULT_KERNEL = "python3"
 
 
-def resolve_spec(request: RunRequest) -> JobSpec:
-    """Everything about the run, checked before anything costly starts."""
+def resolve_spec(request: RunRequest, notebook: Notebook | None = None) -> JobSpec:
+    """Everything about the run, checked before anything costly starts; ``notebook``: what runs
+    instead of the file ``request.notebook`` holds now (a rerun's recorded notebook)."""
     config = resolve(
         CoreConfig,
         "",
@@ -41,9 +43,10 @@ def resolve_spec(request: RunRequest) -> JobSpec:
             "output_dir": request.output_dir,
             "kernel": request.kernel,
             "timeout": request.timeout,
+            "retries": request.retries,
         },
     )
-    notebook = load_notebook(request.notebook)
+    given_notebook, notebook = notebook, notebook or load_notebook(request.notebook)
     effective = effective_parameters(
         notebook, request.parameters, allow_unknown=request.allow_unknown_parameters
     )
@@ -72,6 +75,8 @@ def resolve_spec(request: RunRequest) -> JobSpec:
         secrets=job_secrets,
         tags=dict(request.tags),
         backend_options=dict(request.backend_options),
+        retries=config.retries,
+        notebook_content=notebook.content if given_notebook or notebook.is_text else None,
     )
     channels = {**spec.inputs, **spec.outputs}
     for parameter, channel_path in spec.channel_parameters().items():
@@ -114,7 +119,11 @@ def validate(backend: Backend, spec: JobSpec) -> None:
 
 def submit(request: RunRequest, *, detached: bool = False) -> JobHandle:
     """Start the run and return its handle at once; ``detached``: the job must outlive this process."""
-    spec = resolve_spec(request)
+    return submit_spec(resolve_spec(request), detached=detached)
+
+
+def submit_spec(spec: JobSpec, *, detached: bool = False) -> JobHandle:
+    """Check what the backend and the inputs need, then start the resolved ``spec``."""
     backend = registry.get(spec.backend)
     if detached and not getattr(backend, "detachable", False):
         raise UsageError(
@@ -128,13 +137,14 @@ def submit(request: RunRequest, *, detached: bool = False) -> JobHandle:
 
 def start(backend: Backend, tracker: Tracker, spec: JobSpec, tags: dict[str, str] | None = None) -> JobHandle:
     """Submit ``spec`` and create its MLflow run meanwhile; the job learns its run once it exists."""
+    tags = {**replay.record(spec), **(tags or {})}
     handle = backend.submit(spec)  # the job starts while MLflow loads
     try:
         run_id, experiment_id = tracker.start_run(
             experiment=spec.experiment,
             run_name=spec.job_name,
             params=spec.recorded_parameters,
-            tags={**tags_for(spec), **(tags or {})},
+            tags={**tags_for(spec), **tags},
         )
     except (TrackingError, KeyboardInterrupt):
         handle.cancel()
@@ -158,7 +168,7 @@ def tags_for(spec: JobSpec) -> dict[str, str]:
         kernel=spec.kernel,
         job_name=spec.job_name,
     )
-    return {**provenance, TAG_OUTPUT: spec.output_dir, **spec.tags}
+    return {**provenance, TAG_OUTPUT: spec.output_dir, TAG_ATTEMPT: "1", **spec.tags}
 
 
 def run(request: RunRequest) -> RunResult:
@@ -167,7 +177,20 @@ def run(request: RunRequest) -> RunResult:
 
 
 def wait(handle: JobHandle) -> RunResult:
-    """Wait for a submitted job; Ctrl-C stops it, keeps its partial notebook, marks it KILLED."""
+    """Wait for a submitted job, submitting it again after an infrastructure failure while its
+    ``retries`` allow; Ctrl-C stops it, keeps its partial notebook, marks it KILLED."""
+    return retry.wait_with_retries(handle, _wait_once, _resubmit)
+
+
+def _resubmit(handle: JobHandle, job_name: str) -> JobHandle:
+    """The same job under a new name, attached to the same MLflow run."""
+    assert handle.tracker is not None and handle.spec.run_id and handle.spec.experiment_id
+    again = registry.get(handle.spec.backend).submit(replace(handle.spec, job_name=job_name))
+    again.attach(handle.tracker, handle.spec.run_id, handle.spec.experiment_id)
+    return again
+
+
+def _wait_once(handle: JobHandle) -> RunResult:
     try:
         return handle.wait()
     except KeyboardInterrupt:

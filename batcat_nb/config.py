@@ -31,6 +31,7 @@ class CoreConfig:
     output_dir: str = "batcat-runs"
     kernel: str | None = None
     timeout: float | None = None
+    retries: int = 0  # resubmissions of a job that failed for an infrastructure reason
 
 
 def resolve(cls: type[T], section: str, args: Mapping[str, Any] | None = None) -> T:

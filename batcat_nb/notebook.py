@@ -14,6 +14,7 @@ from typing import Any
 from .errors import NotebookError
 
 PARAMETERS_TAG = "parameters"
+TEXT_SUFFIXES = (".py", ".md")  # notebooks as text, read with jupytext
 
 # Types a parameter's default or annotation can declare, by the name users see.
 _TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict"}
@@ -52,6 +53,11 @@ class Notebook:
     path: Path
     content: dict[str, Any]
     raw: bytes = field(repr=False)
+
+    @property
+    def is_text(self) -> bool:
+        """A jupytext notebook (``.py``, ``.md``): the job receives it converted to nbformat."""
+        return self.path.suffix in TEXT_SUFFIXES
 
     @property
     def name(self) -> str:
@@ -97,8 +103,14 @@ def load_notebook(path: str | Path) -> Notebook:
     if not path.exists():
         raise NotebookError(f"notebook not found: {path} (check the path; it is relative to {Path.cwd()})")
     if path.is_dir():
-        raise NotebookError(f"{path} is a directory: name the .ipynb file inside it")
-    raw = path.read_bytes()
+        raise NotebookError(f"{path} is a directory: name the notebook (.ipynb, .py, .md) inside it")
+    return read_notebook_bytes(path, path.read_bytes())
+
+
+def read_notebook_bytes(path: Path, raw: bytes) -> Notebook:
+    """A notebook from the bytes of a file named ``path`` (which need not exist: a git blob)."""
+    if path.suffix in TEXT_SUFFIXES:
+        return Notebook(path=path, content=_read_text_notebook(path, raw), raw=raw)
     try:
         content = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -115,6 +127,21 @@ def load_notebook(path: str | Path) -> Notebook:
             f"convert it with `jupyter nbconvert --to notebook --nbformat 4 {path}`"
         )
     return Notebook(path=path, content=content, raw=raw)
+
+
+def _read_text_notebook(path: Path, raw: bytes) -> dict[str, Any]:
+    """A jupytext notebook (percent or light ``.py``, MyST or plain ``.md``) as nbformat JSON."""
+    import jupytext
+
+    try:
+        notebook = jupytext.reads(raw.decode("utf-8"), fmt=path.suffix)  # the format is guessed
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise NotebookError(f"{path} is not a notebook jupytext can read: {exc}") from None
+    if not notebook.cells:
+        raise NotebookError(f"{path} holds no cells: is it a notebook? (jupytext reads # %% cells)")
+    if "kernelspec" not in notebook.metadata:  # papermill writes parameters in the kernel's language
+        notebook.metadata.setdefault("language_info", {"name": "python"})
+    return dict(notebook)
 
 
 def parse_parameters(source: str) -> list[Parameter]:

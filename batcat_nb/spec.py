@@ -10,7 +10,7 @@ from typing import Any
 
 from .layout import NOTEBOOK_CHANNEL
 
-_JOB_NAME_MAX = 63
+JOB_NAME_MAX = 63
 
 
 @dataclass
@@ -34,6 +34,7 @@ class RunRequest:
     tracking_uri: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)
+    retries: int | None = None  # resubmissions after an infrastructure failure
 
 
 @dataclass
@@ -60,8 +61,12 @@ class JobSpec:
     secrets: dict[str, str] = field(default_factory=dict)  # parameter -> source; never a value
     tags: dict[str, str] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0  # resubmissions after an infrastructure failure
     run_id: str | None = None
     experiment_id: str | None = None
+    # The notebook as nbformat JSON when the file itself is not what runs: a text notebook
+    # (jupytext) or a rerun's recorded notebook. The job receives it in job.json.
+    notebook_content: dict[str, Any] | None = None
 
     @property
     def notebook_file(self) -> str:
@@ -88,6 +93,7 @@ class JobSpec:
             "log_output": self.log_output,
             "progress": self.progress,
             "output_channel": NOTEBOOK_CHANNEL,
+            **({"notebook_content": self.notebook_content} if self.notebook_content else {}),
         }
 
 
@@ -96,5 +102,5 @@ def job_name(notebook_stem: str, now: float | None = None) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
     suffix = secrets.token_hex(2)
     stem = re.sub(r"[^a-zA-Z0-9]+", "-", notebook_stem).strip("-") or "notebook"
-    stem = stem[: _JOB_NAME_MAX - len(stamp) - len(suffix) - 2].rstrip("-")
+    stem = stem[: JOB_NAME_MAX - len(stamp) - len(suffix) - 2].rstrip("-")
     return f"{stem}-{stamp}-{suffix}"

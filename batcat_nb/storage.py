@@ -84,6 +84,41 @@ def download(uri: str, destination: Path, client: Any = None, *, folder: bool = 
     return count
 
 
+def download_versions(uri: str, destination: Path, versions: dict[str, str], client: Any = None) -> int:
+    """Exactly the objects ``versions`` names (key -> version id) into ``destination``, paths kept
+    relative to the prefix ``uri`` as ``download`` does: a rerun reads what its original read."""
+    bucket, prefix = split_s3(uri)
+    client = client or s3_client()
+    root = destination.resolve()
+    for key, version in sorted(versions.items()):
+        target = (destination / (key[len(prefix) :].lstrip("/") or key.rsplit("/", 1)[-1])).resolve()
+        if not target.is_relative_to(root):
+            raise UsageError(f"object {key!r} would land outside {destination}; not downloaded")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, key, str(target), ExtraArgs={"VersionId": version})
+    return len(versions)
+
+
+def list_objects(uri: str, client: Any = None) -> list[dict[str, Any]]:
+    """The objects under the S3 prefix ``uri`` (folder markers left out), sorted by key: ``Key``,
+    ``Size``, ``ETag`` and, when the bucket is versioned, ``VersionId``."""
+    bucket, prefix = split_s3(uri)
+    client = client or s3_client()
+    try:
+        versioned = client.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+    except Exception:  # a role allowed to read but not to ask: fingerprint without versions
+        versioned = False
+    if versioned:
+        pages = client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix)
+        items = [v for page in pages for v in page.get("Versions", []) if v.get("IsLatest")]
+    else:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        items = [item for page in pages for item in page.get("Contents", [])]
+    fields = ("Key", "Size", "ETag", "VersionId") if versioned else ("Key", "Size", "ETag")
+    listed = [{f: item[f] for f in fields} for item in items if not item["Key"].endswith("/")]
+    return sorted(listed, key=lambda item: item["Key"])
+
+
 def upload(source: Path, uri: str, client: Any = None) -> int:
     """Every file under ``source`` (or the file itself) to the S3 prefix ``uri``; the count."""
     bucket, prefix = split_s3(uri)

@@ -46,6 +46,8 @@ TAG_ERROR_VALUE = "batcat.error.evalue"
 TAG_COMPLETED = "batcat.completed"
 TAG_IMAGE = "batcat.image"  # the image the job ran in: a local tag or a registry URI
 TAG_IMAGE_DIGEST = "batcat.image.digest"
+TAG_RERUN_OF = "batcat.rerun_of"  # the run this one re-ran
+TAG_ATTEMPT = "batcat.attempt"  # 1, or more when infrastructure failures were retried
 
 _PARAM_MAX = 6000  # MLflow's limit on a parameter value
 _TAG_MAX = 5000
@@ -196,6 +198,16 @@ class Tracker:
             [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50000
         )
         return [r.data.tags.get(key_tag, "") for r in children if r.info.status == "FINISHED"]
+
+    def retry_run(self, run_id: str, attempt: int, reason: str) -> None:
+        """Reopen a run for its next attempt, keeping why the previous one failed."""
+        client = self.client
+        for key in (TAG_COMPLETED, TAG_REASON, TAG_ERROR_CELL, TAG_ERROR_NAME, TAG_ERROR_VALUE):
+            if key in client.get_run(run_id).data.tags:
+                client.delete_tag(run_id, key)
+        client.set_tag(run_id, f"{TAG_ATTEMPT}.{attempt - 1}.reason", reason[:_TAG_MAX])
+        client.set_tag(run_id, TAG_ATTEMPT, str(attempt))
+        client.update_run(run_id, status="RUNNING")
 
     def reopen_run(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import environment, retry
 from .layout import CODE_CHANNEL, MESSAGE_LIMIT, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
 from .record import RECORDS_ENV
@@ -188,7 +189,8 @@ class Worker:
         except JobStopped as stop:
             manifest.status, manifest.reason = KILLED, stop.reason
         except Exception as exc:  # every failure ends in the manifest, never in a lost job
-            manifest.status, manifest.error, manifest.reason = _describe(exc, self.job)
+            executed = self.output_dir / manifest.notebook
+            manifest.status, manifest.error, manifest.reason = _describe(exc, self.job, executed)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             for signum, handler in previous.items():
@@ -197,6 +199,7 @@ class Worker:
             mask_job(self.masker, manifest, self.output_dir)
             collect_records(manifest, self.output_dir)
             manifest.html = render_html(self.output_dir / manifest.notebook)
+            environment.write(self.output_dir)
             manifest.write(self.output_dir)
             if manifest.status != FINISHED:
                 _write_message(self.layout, manifest.reason or manifest.status)
@@ -241,7 +244,7 @@ class Worker:
             launcher_bar = self.job.get("progress") == "file"  # the launcher draws it from this file
             progress_file = str(self.layout.progress_file) if launcher_bar else ""
             papermill.execute_notebook(
-                str(self.code_dir / self.job["notebook"]),
+                self._source(),
                 str(self.output_dir / self.manifest.notebook),
                 parameters=parameters,
                 engine_name="batcat",
@@ -259,6 +262,15 @@ class Worker:
             )
         finally:
             _shutdown_kernel(km)
+
+    def _source(self) -> Any:
+        """The notebook to execute: given in job.json (a text notebook, a rerun), else the file."""
+        content = self.job.get("notebook_content")
+        if content is None:
+            return str(self.code_dir / self.job["notebook"])
+        import nbformat
+
+        return nbformat.from_dict(content)
 
 
 def job_preamble(cwd: Path | None, env: dict[str, str], replace: bool = False) -> str:
@@ -360,7 +372,7 @@ def _late_tracking_env() -> dict[str, str]:
     return json.loads(line) if line.strip() else {}
 
 
-def _describe(exc: Exception, job: dict[str, Any]) -> tuple[str, CellError | None, str]:
+def _describe(exc: Exception, job: dict[str, Any], executed: Path) -> tuple[str, CellError | None, str]:
     """The status, the failing cell (if any) and a one-line reason."""
     from jupyter_client.kernelspec import NoSuchKernel
     from nbclient.exceptions import CellTimeoutError
@@ -373,6 +385,8 @@ def _describe(exc: Exception, job: dict[str, Any]) -> tuple[str, CellError | Non
         return KILLED, None, f"a cell ran longer than {limit:g}s (--execution-timeout)"
     if isinstance(exc, NoSuchKernel):
         return FAILED, None, f"kernel '{job['kernel']}' is not installed where the job ran"
+    if retry.kernel_died_before_first_cell(exc, executed):  # not the notebook's fault: retryable
+        return FAILED, None, f"{retry.KERNEL_DIED} ({type(exc).__name__}: {exc})"
     return FAILED, None, f"{type(exc).__name__}: {exc}"
 
 

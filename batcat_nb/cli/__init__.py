@@ -32,10 +32,11 @@ def cli(verbose: bool) -> None:
 
 def _add_commands() -> None:
     from .agent import agent
+    from .rerun import rerun
     from .run import inspect, run, submit, ui
     from .workflow import workflow
 
-    for command in (run, submit, inspect, ui, agent, workflow):
+    for command in (run, submit, rerun, inspect, ui, agent, workflow):
         cli.add_command(command)
     for target in BACKEND_CLIS.values():
         for command in importlib.import_module(target).COMMANDS:

@@ -105,6 +105,14 @@ def _core_options() -> list[Any]:
             help="Inject parameters the notebook does not declare (with a warning).",
         ),
         option(run, "--backend", "-b", default=None, help="local (default), docker, sagemaker."),
+        option(
+            run,
+            "--retries",
+            type=click.IntRange(min=0),
+            default=None,
+            metavar="N",
+            help="Resubmit a job that failed for an infrastructure reason, up to N times.",
+        ),
         _channel_option(run, "input"),
         _channel_option(run, "output"),
         option(
@@ -265,6 +273,7 @@ def request_from_options(options: dict[str, Any]) -> Any:
         tracking_uri=options["tracking_uri"],
         tags=parse_pairs(options["tags"], "--tag"),
         backend_options=backend_options_from(options),
+        retries=options["retries"],
     )
 
 

@@ -162,7 +162,7 @@ def quiet_tqdm_import() -> None:
 @magics_class
 class BatcatMagics(Magics):
     """``%batcat_run``, ``%batcat_status``, ``%batcat_logs``, ``%batcat_stop``, ``%batcat_runs``,
-    ``%batcat_params``."""
+    ``%batcat_rerun``, ``%batcat_params``."""
 
     default_backend = Unicode(
         None, allow_none=True, help="Backend when %batcat_run names none (before $BATCAT_BACKEND)."
@@ -302,6 +302,25 @@ class BatcatMagics(Magics):
         else:
             print(f"batcat: no runs of {label}")
         return frame.set_index("run")
+
+    @line_magic
+    @_usage_errors
+    @magic_arguments()
+    @argument("run_id", help="The MLflow run to run again.")
+    @argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    @argument("-b", "--backend", help="Run it elsewhere (default: where it ran).")
+    @argument("--tracking-uri", help="The store holding RUN_ID (default: as %%batcat_run).")
+    def batcat_rerun(self, line: str = "") -> Any:
+        """Run a recorded run again, as it was; the summary compares its metrics with the original's."""
+        if self._note_in_job("%batcat_rerun"):
+            return None
+        from ..parameters import collect
+        from ..reruns import rerun
+
+        args = parse_argstring(self.batcat_rerun, line)
+        parameters = collect(values=[tuple(pair) for pair in args.parameter])
+        uri = args.tracking_uri or self.tracking_uri
+        return rerun(args.run_id, parameters, backend=args.backend, tracking_uri=uri, progress=self.progress)
 
     @line_magic
     @_usage_errors

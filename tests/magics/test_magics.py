@@ -418,9 +418,8 @@ def test_studio_lifecycle_script_installs_the_startup_file_that_loads_the_magics
         [sys.executable, "-m", "IPython", "--no-banner", "-c", check], env=env, capture_output=True, text=True
     )
     assert ipython.returncode == 0, ipython.stderr
-    assert "'batcat_logs', 'batcat_params', 'batcat_run', 'batcat_runs', 'batcat_status', 'batcat_stop'" in (
-        ipython.stdout
-    )
+    magics = "'batcat_logs', 'batcat_params', 'batcat_rerun', 'batcat_run', 'batcat_runs', 'batcat_status'"
+    assert magics + ", 'batcat_stop'" in ipython.stdout
 
 
 def test_startup_file_is_silent_where_batcat_nb_is_not_installed(tmp_path):
@@ -435,3 +434,21 @@ def test_magics_module_keeps_heavy_imports_out_of_load_time():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "[]", done.stderr
     assert magics_module.MAGIC_HELP.strip()
+
+
+# --------------------------------------------------------------------------- text notebooks, reruns
+
+
+def test_a_percent_notebook_runs_and_reruns_through_the_magics(ip, magics, experiment, mlflow_client):
+    text = EXAMPLES / "sales_totals.py"
+    table = line(ip, "batcat_params", str(text))
+    assert [p.name for p in table.parameters] == ["input_dir", "min_units"]
+    first = line(ip, "batcat_run", f"{text} -p min_units=10 -e {experiment}")
+    assert first.status == FINISHED and first.metrics["revenue_total"] == 67.5
+    assert Path(first.output_notebook).name == "sales_totals.ipynb"
+
+    again = line(ip, "batcat_rerun", first.run_id)
+
+    assert again.ok and again.result.metrics["revenue_total"] == 67.5
+    assert mlflow_client.get_run(again.result.run_id).data.tags["batcat.rerun_of"] == first.run_id
+    assert ("revenue_total", "equal (67.5)") in again.metric_changes()

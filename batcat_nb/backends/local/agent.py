@@ -129,6 +129,7 @@ _REMOTE_METHODS = frozenset(
         "finished_children",
         "reopen_run",
         "run_tags",
+        "retry_run",
         "end_run",
     }
 )
@@ -166,6 +167,9 @@ class AgentTracker(Tracker):
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         return dict(self._remote("run_tags", run_id=run_id))
+
+    def retry_run(self, run_id: str, attempt: int, reason: str) -> None:
+        self._remote("retry_run", run_id=run_id, attempt=attempt, reason=reason)
 
     def end_run(self, run_id: str, status: str, tags: Any, metrics: Any) -> None:
         self._remote("end_run", run_id=run_id, status=status, tags=dict(tags), metrics=dict(metrics))

@@ -1,0 +1,55 @@
+"""``batcat rerun RUN_ID``: run a recorded run again, as it was, and compare the outcome."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
+
+
+@click.command()
+@click.argument("run_id")
+@click.option(
+    "-p",
+    "--parameters",
+    "values",
+    nargs=2,
+    multiple=True,
+    metavar="NAME VALUE",
+    help="Change one parameter, typed as papermill does; the others stay as recorded.",
+)
+@click.option("--backend", "-b", default=None, help="Run it elsewhere (default: where it ran).")
+@click.option("--tracking-uri", default=None, help="The store holding RUN_ID (default: the project's).")
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Resubmit after an infrastructure failure, N times.",
+)
+@click.option("--no-progress", is_flag=True, help="Do not show the cells' progress.")
+def rerun(
+    run_id: str,
+    values: tuple[tuple[str, str], ...],
+    backend: str | None,
+    tracking_uri: str | None,
+    retries: int | None,
+    no_progress: bool,
+) -> None:
+    """Execute RUN_ID again: its notebook, parameters, kernel, backend, image and inputs."""
+    from ..parameters import collect
+    from ..reruns import rerun as rerun_run
+
+    outcome = rerun_run(
+        run_id,
+        collect(values=values),
+        backend=backend,
+        tracking_uri=tracking_uri,
+        retries=retries,
+        progress=not no_progress,
+    )
+    click.echo(str(outcome))
+    if not outcome.ok:
+        sys.exit(EXIT_INTERRUPTED if outcome.interrupted else EXIT_FAILED)
