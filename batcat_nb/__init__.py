@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .notebook import Parameter
     from .reruns import RerunResult
     from .result import RunResult
-    from .sweep import SweepResult
+    from .sweeps import SweepResult
 
 __all__ = ["__version__", "inspect", "record", "rerun", "run", "submit", "sweep", "workflow"]
 
@@ -65,7 +65,7 @@ def sweep(
     ``options`` are RunRequest's fields, as for ``run``.
     """
     from .spec import RunRequest
-    from .sweep import SweepRequest, grid_combinations, run_sweep
+    from .sweeps import SweepRequest, grid_combinations, run_sweep
 
     combinations = (grid_combinations(grid) if grid else []) + [dict(r) for r in runs or []]
     base = RunRequest(notebook=str(notebook), parameters=dict(parameters or {}), **options)

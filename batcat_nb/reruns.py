@@ -1,7 +1,7 @@
 """``batcat rerun RUN_ID``: run a recorded run again, as it was.
 
 (Not ``rerun.py``: importing a submodule named ``rerun`` would replace the function
-``batcat_nb.rerun`` with the module, as ``batcat_nb.sweep`` is replaced by ``sweep.py`` today.)
+``batcat_nb.rerun`` with the module; sweeps live in ``sweeps.py`` for the same reason.)
 
 The exact notebook it ran (the git commit when it still holds the same bytes, else the
 recorded ``.ipynb`` artifact without its outputs and injected cell), the same given parameters

@@ -189,8 +189,14 @@ def test_rerun_takes_the_notebook_from_git_when_the_commit_holds_the_same_bytes(
     )
 
 
-def test_batcat_nb_rerun_stays_the_function_once_its_module_is_imported():
+@pytest.mark.parametrize("function", ["rerun", "sweep", "record", "run", "submit", "inspect"])
+def test_the_api_functions_stay_functions_once_every_module_is_imported(function):
     import importlib
+    import pkgutil
 
-    importlib.import_module("batcat_nb.reruns")
-    assert callable(batcat_nb.rerun) and batcat_nb.rerun.__module__ == "batcat_nb"
+    import papermill  # noqa: F401  (loads the engine entry point before batcat_nb.engine)
+
+    for module in pkgutil.walk_packages(batcat_nb.__path__, "batcat_nb."):
+        if not module.name.startswith("batcat_nb.docker"):
+            importlib.import_module(module.name)
+    assert callable(getattr(batcat_nb, function)), f"batcat_nb.{function} was replaced by a module"

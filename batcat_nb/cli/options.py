@@ -281,7 +281,7 @@ def sweep_from_options(options: dict[str, Any]) -> Any:
     """The sweep the ``run`` options ask for, or None for a single run."""
     if not options["grid"] and not options["sweep_file"]:
         return None
-    from ..sweep import SweepRequest, grid_combinations, load_sweep_file, parse_grid
+    from ..sweeps import SweepRequest, grid_combinations, load_sweep_file, parse_grid
 
     combinations = grid_combinations(parse_grid(list(options["grid"]))) if options["grid"] else []
     if options["sweep_file"]:

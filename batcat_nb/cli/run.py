@@ -27,7 +27,7 @@ def run(no_wait: bool, **options: Any) -> None:
         return
     sweep = sweep_from_options(options)
     if sweep is not None:
-        from ..sweep import run_sweep
+        from ..sweeps import run_sweep
 
         outcome: Any = run_sweep(sweep)
     else:

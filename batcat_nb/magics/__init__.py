@@ -61,7 +61,7 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics; in terminals too, results show as their summaries."""
     ipython.register_magics(BatcatMagics(shell=ipython))
     plain = ipython.display_formatter.formatters["text/plain"]
-    for module, name in (("batcat_nb.result", "RunResult"), ("batcat_nb.sweep", "SweepResult")):
+    for module, name in (("batcat_nb.result", "RunResult"), ("batcat_nb.sweeps", "SweepResult")):
         plain.for_type_by_name(module, name, lambda result, printer, cycle: printer.text(str(result)))
 
 
@@ -210,7 +210,7 @@ class BatcatMagics(Magics):
         if sweep is not None:  # --grid / --sweep: the CLI's sweep, many runs, waited for
             if not wait:
                 raise UsageError("--no-wait starts one run; a sweep (--grid, --sweep) waits for its runs")
-            from ..sweep import run_sweep
+            from ..sweeps import run_sweep
 
             self._with_defaults(sweep.base, wait)
             swept = run_sweep(sweep)

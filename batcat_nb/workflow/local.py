@@ -28,7 +28,7 @@ from ..progress import progress_bar
 from ..result import INTERRUPTED, RunResult
 from ..spec import JobSpec, RunRequest, job_name
 from ..storage import check_input
-from ..sweep import TAG_PARENT, watch
+from ..sweeps import TAG_PARENT, watch
 from ..tracking import TAG_OUTPUT
 from .loader import check_workflow_parameter
 from .model import Step, StepOutput, Workflow
