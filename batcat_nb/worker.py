@@ -32,6 +32,7 @@ from typing import Any, TextIO
 
 from .layout import CODE_CHANNEL, MESSAGE_LIMIT, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
+from .privileges import drop_privileges
 from .record import RECORDS_ENV
 
 log = logging.getLogger("batcat_nb.worker")
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         return serve()
     layout = JobLayout.current()
+    drop_privileges(layout)  # the runner image starts as root: see privileges.py
     try:
         job = json.loads(layout.job_file.read_text())
     except (OSError, ValueError) as exc:

@@ -25,6 +25,8 @@ OPTION_KEYS = {
     "memory": "memory",
     "gpus": "gpus",
     "pass_aws_credentials": "pass_aws_credentials",
+    "network": "network",
+    "network_isolation": "network_isolation",
 }
 # The Docker options of ``batcat run`` (and of the magics, which parse with it): click's arguments.
 RUN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
@@ -40,6 +42,22 @@ RUN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--cpus",), {"type": float, "default": None, "help": "CPUs for the job."}),
     (("--memory",), {"default": None, "metavar": "SIZE", "help": "Memory limit (512m, 2g)."}),
     (("--gpus",), {"default": None, "metavar": "all|N", "help": "GPUs for the job."}),
+    (
+        ("--network",),
+        {
+            "default": None,
+            "metavar": "NAME",
+            "help": "Docker network of the job (default: bridge; host to reach this machine's loopback).",
+        },
+    ),
+    (
+        ("--network-isolation",),
+        {
+            "is_flag": True,
+            "default": None,
+            "help": "No network at all (SageMaker's EnableNetworkIsolation; Docker and SageMaker).",
+        },
+    ),
     (
         ("--pass-aws-credentials",),
         {

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from ... import contract
+
 SECTION = "SageMaker"
 # option name -> SageMakerConfig key; only values given on the command line are passed on.
 OPTION_KEYS = {
@@ -83,8 +85,8 @@ def status(job: str, region: str | None) -> None:
         rows.append(("image", image))
     rows += [(f"output {name}", uri) for name, uri in sagemaker_jobs.output_uris(found).items()]
     tags = sagemaker_jobs.job_tags(found, found.get("ProcessingJobArn", "").split(":")[3] or region)
-    if tags.get(sagemaker_jobs.JOB_TAG_RUN_ID):
-        rows.append(("mlflow run", tags[sagemaker_jobs.JOB_TAG_RUN_ID]))
+    if tags.get(contract.JOB_TAG_RUN_ID):
+        rows.append(("mlflow run", tags[contract.JOB_TAG_RUN_ID]))
     width = max(len(label) for label, _ in rows)
     click.echo(job)
     for label, value in rows:
@@ -203,10 +205,10 @@ def complete_run(description: dict[str, Any], output_dir: Path, region: str) -> 
     from . import jobs as sagemaker_jobs
 
     tags = sagemaker_jobs.job_tags(description, region)
-    run_id = tags.get(sagemaker_jobs.JOB_TAG_RUN_ID)
+    run_id = tags.get(contract.JOB_TAG_RUN_ID)
     if not run_id:
         return None
-    tracker = Tracker(tags.get(sagemaker_jobs.JOB_TAG_TRACKING_URI) or default_tracking_uri())
+    tracker = Tracker(tags.get(contract.JOB_TAG_TRACKING_URI) or default_tracking_uri())
     try:
         manifest = Manifest.read(output_dir)
     except (OSError, ValueError):

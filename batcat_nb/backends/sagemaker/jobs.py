@@ -23,12 +23,6 @@ STATUS = {
     "Stopped": KILLED,
 }
 
-# Tags on the processing job, so that `batcat download JOB` finds the run to complete later.
-JOB_TAG_RUN_ID = "batcat:mlflow-run-id"
-JOB_TAG_EXPERIMENT_ID = "batcat:mlflow-experiment-id"
-JOB_TAG_TRACKING_URI = "batcat:mlflow-tracking-uri"
-JOB_TAG_NOTEBOOK = "batcat:notebook"
-
 
 def console_url(region: str, job_name: str) -> str:
     return (
