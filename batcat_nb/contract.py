@@ -5,6 +5,7 @@ keyword arguments, the platform's limits on it, and the outcome vocabulary of
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -197,7 +198,19 @@ def check_request(request: Mapping[str, Any]) -> None:
     outputs, environment keys and values, MaxRuntimeInSeconds 1..777600, names, tag values)."""
     from .service_model import validate_request
 
-    validate_request("sagemaker", "CreateProcessingJob", request)
+    validate_request("sagemaker", "CreateProcessingJob", as_submitted(request))
+
+
+def as_submitted(request: Mapping[str, Any]) -> dict[str, Any]:
+    """``request`` with its local ``file://`` channels as the S3 URIs they would be staged to on
+    SageMaker (the only part of a Docker run's request SageMaker would never see as is)."""
+    copy = json.loads(json.dumps(request))
+    channels = [item["S3Input"] for item in copy.get("ProcessingInputs", [])]
+    channels += [item["S3Output"] for item in copy.get("ProcessingOutputConfig", {}).get("Outputs", [])]
+    for channel in channels:
+        if channel["S3Uri"].startswith("file://"):
+            channel["S3Uri"] = "s3://local-channel" + local_path(channel["S3Uri"]).as_posix()
+    return copy
 
 
 def instance_resources(instance_type: str) -> tuple[int, float]:

@@ -134,12 +134,6 @@ class DockerBackend:
         config = docker_config(spec.backend_options)
         check_channels(spec.inputs, spec.outputs)
         check_environment(config.environment())
-        draft = run_env(spec.tracking_uri, "0" * 32, "0" * 19)
-        check_request(
-            docker_request(
-                spec, config, "batcat-runner:draft", Path("/draft"), {**draft, **config.environment()}
-            )
-        )
         client = self.client()
         if config.gpus and "nvidia" not in (client.info().get("Runtimes") or {}):
             raise BackendError(
@@ -147,6 +141,12 @@ class DockerBackend:
             )
         if config.pass_aws_credentials:
             aws_credentials()
+        draft = run_env(spec.tracking_uri, "0" * 32, "0" * 19)
+        check_request(
+            docker_request(
+                spec, config, "batcat-runner:draft", Path("/draft"), {**draft, **config.environment()}
+            )
+        )
 
     def submit(self, spec: JobSpec) -> DockerHandle:
         return DockerHandle(spec, docker_config(spec.backend_options), self.client())
