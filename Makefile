@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
-## Run the example training notebook locally, tracked in ./mlflow.db
+## Run the example training notebook locally, tracked in ./mlflow-store/
 demo: setup
 	$(BIN)/batcat run notebooks/train_diabetes.ipynb -p alpha 0.05 -y 'l1_ratio: 0.5'
 

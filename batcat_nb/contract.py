@@ -104,7 +104,7 @@ def build_request(
     outputs: dict[str, str],
     environment: dict[str, str],
     role_arn: str = "arn:aws:iam::000000000000:role/batcat-local",
-    instance_type: str = "local",
+    instance_type: str = "ml.m5.large",
     instance_count: int = 1,
     volume_gb: int = 30,
     max_runtime: int | None = None,

@@ -47,7 +47,6 @@ from .container import ContainerResources, docker_client
 
 log = logging.getLogger("batcat_nb")
 
-DEFAULT_INSTANCE_TYPE = "ml.m5.large"  # named in the request; limits apply only when asked
 _MEMORY = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
 
 
@@ -173,7 +172,7 @@ def docker_request(
         inputs=inputs,
         outputs=outputs,
         environment=environment,
-        instance_type=config.instance_type or DEFAULT_INSTANCE_TYPE,
+        instance_type=config.instance_type or "ml.m5.large",  # named; limits only when asked
         max_runtime=int(spec.timeout) + 60 if spec.timeout else None,
         tags=request_tags(spec),
         network_isolation=config.network_isolation,

@@ -192,6 +192,27 @@ def test_tracking_server_and_managed_mlflow_reach_the_job_through_its_environmen
     assert not sm._tracking_reachable("sqlite:///mlflow.db")
 
 
+@pytest.mark.parametrize(
+    "uri", ["http://127.0.0.1:5000", "http://localhost:5000", "https://[::1]/", "sqlite:///x.db"]
+)
+def test_a_store_the_cloud_job_cannot_reach_is_never_handed_to_it(project, options, bucket, uri, caplog):
+    notebook = write_notebook(project / "nb.ipynb", "x = 1")
+    spec = api.resolve_spec(request_for(notebook, {**options, "check_image": False}, "e", tracking_uri=uri))
+    with caplog.at_level("WARNING", logger="batcat_nb"):
+        resolved = sm.SageMakerBackend()._resolve(spec)
+    assert not sm._tracking_reachable(uri)
+    assert not any(key.startswith("MLFLOW_") for key in sm._request(spec, resolved, {})["Environment"])
+    assert "will be completed from the job's manifest" in caplog.text
+
+
+def test_a_notebook_name_sagemaker_refuses_as_a_tag_is_tagged_in_a_form_it_accepts(project, options, bucket):
+    notebook = write_notebook(project / "Sales Report (v2).ipynb", "x = 1")
+    spec = api.resolve_spec(request_for(notebook, {**options, "check_image": False}, "e"))
+    resolved = sm.SageMakerBackend()._resolve(spec)  # refused before: tag value pattern
+    tags = {t["Key"]: t["Value"] for t in sm._request(spec, resolved, {})["Tags"]}
+    assert tags["batcat:notebook"] == "Sales Report _v2_.ipynb"
+
+
 def test_vpc_kms_and_resources_reach_the_request(project, options, bucket):
     notebook = write_notebook(project / "nb.ipynb", "x = 1")
     options = {
