@@ -361,3 +361,89 @@ def test_requirement_that_breaks_the_runtime_stack_fails_at_its_dockerfile_step(
     assert "building the runner image failed at Step" in error and "user-requirements.txt" in error
     assert "returned a non-zero code" in error and tail[0] == "last lines of the build log:"
     assert "has requirement nbformat" in done.stderr  # pip check's verdict, from the log's tail
+
+
+SEES = """
+import json, os, pathlib
+mounts = [line.split()[4] for line in pathlib.Path('/proc/self/mountinfo').read_text().splitlines()]
+system = ('/proc', '/sys', '/dev', '/etc/hostname', '/etc/hosts', '/etc/resolv.conf')
+cgroup = pathlib.Path('/sys/fs/cgroup/memory/memory.limit_in_bytes')
+if not cgroup.exists():
+    cgroup = pathlib.Path('/sys/fs/cgroup/memory.max')
+print('SEES', json.dumps({
+    'mounts': sorted(m for m in mounts if m != '/' and not m.startswith(system)),
+    'interfaces': sorted(os.listdir('/sys/class/net')),
+    'memory': int(cgroup.read_text()),
+}))
+"""
+
+
+def test_job_sees_its_channels_config_and_store_and_nothing_else_of_the_host(
+    project, experiment, runner, tracking_uri
+):
+    (project / ".env").write_text("API_TOKEN=secret\n")
+    nb = write_notebook(project / "sees.ipynb", None, SEES)
+    result = run_in_docker(
+        nb, runner, experiment=experiment, backend_options={"instance_type": "ml.t3.medium"}
+    )
+    assert result.status == "FINISHED", result.reason
+    notebook = nbformat.read(result.output_notebook, as_version=4)
+    text = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    seen = json.loads(text.split("SEES ", 1)[1])
+    store = str(Path(tracking_uri.removeprefix("sqlite:///")).parent)
+    assert seen["mounts"] == [store]  # the store's own folder; channels and config are copied in
+    assert seen["interfaces"] == ["eth0", "lo"]  # Docker's bridge, not the host's network
+    assert seen["memory"] == 4 * 1024**3  # ml.t3.medium: 4 GiB
+
+
+def test_stop_ends_killed_with_the_partial_notebook_whatever_the_notebook_does_with_ctrl_c(
+    project, experiment, runs_of, runner, engine
+):
+    stubborn = (
+        "import time\n"
+        "try:\n"
+        "    time.sleep(300)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('caught, going on')\n"
+        "time.sleep(300)"
+    )
+    nb = write_notebook(project / "stubborn.ipynb", None, "print('started', flush=True)", stubborn)
+    handle = batcat_nb.submit(
+        str(nb),
+        backend="docker",
+        backend_options={"image": runner.image.tag},
+        experiment=experiment,
+        log_output=True,
+    )
+    deadline = time.monotonic() + 60
+    while "started" not in handle.logs():
+        assert time.monotonic() < deadline, handle.logs()
+        time.sleep(0.2)
+    handle.cancel()
+    result = handle.wait(timeout=60)
+    assert result.status == "KILLED"
+    output = Path(result.output_notebook)
+    assert "started" in output.read_text()  # the partial notebook, written by the worker
+    manifest = json.loads((output.parent / "batcat-manifest.json").read_text())
+    assert manifest["status"] == "KILLED" and manifest["reason"] == "stopped by SIGINT"  # as Processing stops
+    assert runs_of(experiment)[0].info.status == "KILLED"
+    assert job_containers(engine) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"timeout": 800_000}, "MaxRuntimeInSeconds=800060 is above the maximum 777600"),
+        ({"backend_options": {"env": {"BAD-KEY": "1"}}}, "Environment key 'BAD-KEY'"),
+        ({"outputs": {f"o{i}": f"out{i}" for i in range(10)}}, "Outputs has 11 items, at most 10"),
+    ],
+)
+def test_a_request_sagemaker_would_refuse_is_refused_before_a_container_runs(
+    project, experiment, runner, engine, options, problem
+):
+    nb = write_notebook(project / "nb.ipynb", None, "1")
+    before = {c.id for c in engine.containers.list(all=True)}
+    with pytest.raises(UsageError, match="CreateProcessingJob request refused before sending") as refused:
+        run_in_docker(nb, runner, experiment=experiment, **options)
+    assert problem in str(refused.value)
+    assert {c.id for c in engine.containers.list(all=True)} == before
