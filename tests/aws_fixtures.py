@@ -140,7 +140,9 @@ def options(bucket: str, ecr_image: str) -> dict[str, Any]:
 
 @pytest.fixture
 def sagemaker_env(options: dict[str, Any], fake_sagemaker: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """`-b sagemaker` works with no more options: they come from BATCAT_SAGEMAKER_*."""
+    """`-b sagemaker` works with no more options: they come from BATCAT_SAGEMAKER_*. Jobs run in the
+    subprocess runner: the magics tests that use it are about the magics' logic (states, waiting,
+    status/logs/stop), not the container; the container is tested in test_sagemaker_docker.py."""
     for name, value in options.items():
         monkeypatch.setenv(f"BATCAT_SAGEMAKER_{name.upper()}", value)
     monkeypatch.setenv("BATCAT_SAGEMAKER_POLL_INTERVAL", "0.3")
