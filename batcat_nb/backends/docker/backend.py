@@ -157,6 +157,17 @@ class DockerBackend:
         return agent.AgentTracker(uri) if agent.enabled() else Tracker(uri)
 
 
+def warn_if_not_for_sagemaker(image: Any) -> None:
+    """A local run of an image SageMaker could not run (its instances are all x86) says so."""
+    if image.architecture != "amd64":
+        log.warning(
+            "image %s is built for %s; SageMaker runs %s only: `batcat build` builds for it",
+            image.tag,
+            image.architecture,
+            PLATFORM,
+        )
+
+
 def docker_request(
     spec: JobSpec, config: DockerConfig, image: str, job_dir: Path, environment: dict[str, str]
 ) -> dict[str, Any]:
@@ -199,13 +210,7 @@ class DockerHandle(JobHandle):
                 wheelhouse=config.wheelhouse,
                 on_log=self._show_step if spec.progress or spec.log_output else None,
             )
-        if self.image.architecture != "amd64":
-            log.warning(
-                "image %s is built for %s; SageMaker runs %s only: build it there with `batcat build`",
-                self.image.tag,
-                self.image.architecture,
-                PLATFORM,
-            )
+        warn_if_not_for_sagemaker(self.image)
         # The run is created after submit, with the spec's tags: the image is part of its provenance.
         spec.tags.update({TAG_IMAGE: self.image.tag, TAG_IMAGE_DIGEST: self.image.digest})
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -134,3 +134,13 @@ def test_notebook_channel_uploads_continuously_and_tag_values_follow_sagemakers_
     assert modes == {"notebook": "Continuous", "report": "EndOfJob"}  # a failed job's notebook reaches S3
     assert request["Tags"] == [{"Key": "batcat:notebook", "Value": "Sales Report _v2_.ipynb"}]
     check_request(request)
+
+
+def test_a_local_run_of_an_image_sagemaker_cannot_run_says_so(caplog):
+    from batcat_nb.backends.docker.backend import warn_if_not_for_sagemaker
+
+    with caplog.at_level("WARNING", logger="batcat_nb"):
+        warn_if_not_for_sagemaker(images.RunnerImage("x:1", "sha256:1", "", False, architecture="amd64"))
+        assert caplog.text == ""
+        warn_if_not_for_sagemaker(images.RunnerImage("x:1", "sha256:1", "", False, architecture="arm64"))
+    assert "image x:1 is built for arm64; SageMaker runs linux/amd64 only" in caplog.text
