@@ -30,6 +30,7 @@ MAX_ENVIRONMENT = 100
 MAX_ENV_VALUE = 256
 DEFAULT_MAX_RUNTIME = 86400  # SageMaker's default limit: one day
 COMPLETED, FAILED, STOPPED = "Completed", "Failed", "Stopped"
+LOCAL_ROLE = "arn:aws:iam::000000000000:role/batcat-local"  # a Docker run's RoleArn without --role
 PLATFORM = "linux/amd64"  # every Processing instance type is x86
 # Uploaded as it is written: a failed or stopped job's partial notebook and manifest reach S3 on
 # the platform too (whether EndOfJob outputs are uploaded after a failure is not documented).
@@ -103,7 +104,7 @@ def build_request(
     inputs: dict[str, str],
     outputs: dict[str, str],
     environment: dict[str, str],
-    role_arn: str = "arn:aws:iam::000000000000:role/batcat-local",
+    role_arn: str = LOCAL_ROLE,
     instance_type: str = "ml.m5.large",
     instance_count: int = 1,
     volume_gb: int = 30,

@@ -21,6 +21,7 @@ from typing import Any
 
 from ...config import parse_pairs, resolve
 from ...contract import (
+    LOCAL_ROLE,
     PLATFORM,
     ProcessingOutcome,
     build_request,
@@ -37,7 +38,7 @@ from ...contract import (
 )
 from ...errors import BackendError, ConfigError
 from ...layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
-from ...manifest import FINISHED, RUNNING, Manifest
+from ...manifest import FAILED, FINISHED, RUNNING, Manifest
 from ...privileges import RUN_AS_ENV
 from ...spec import JobSpec
 from ...storage import aws_credentials, is_s3
@@ -64,6 +65,8 @@ class DockerConfig:
     env: list[str] | dict[str, str] | None = None  # NAME=VALUE entries for the container
     include: list[str] | None = None  # files or directories shipped beside the notebook
     pass_aws_credentials: bool = False
+    role: str | None = None  # the request's RoleArn; with as_role, the role the data moves as
+    as_role: bool = False  # S3 channels move with STS AssumeRole credentials of ``role``
     instance_type: str | None = None  # the request's; also the container's vCPUs and memory
     network: str | None = None  # default: bridge, or host when tracking is on this machine's loopback
     network_isolation: bool = False  # the request's EnableNetworkIsolation: no network at all
@@ -111,6 +114,8 @@ def docker_config(options: dict[str, Any]) -> DockerConfig:
         raise ConfigError(f"--network {config.network} contradicts --network-isolation (no network at all)")
     if config.instance_type:
         instance_resources(config.instance_type)
+    if config.as_role and not config.role:
+        raise ConfigError("--as-role needs the role to assume: --role arn:aws:iam::ACCOUNT_ID:role/NAME")
     config.environment()
     config.includes()
     return config
@@ -184,6 +189,7 @@ def docker_request(
         outputs=outputs,
         environment=environment,
         instance_type=config.instance_type or "ml.m5.large",  # named; limits only when asked
+        role_arn=config.role or LOCAL_ROLE,
         max_runtime=int(spec.timeout) + 60 if spec.timeout else None,
         tags=request_tags(spec),
         network_isolation=config.network_isolation,
@@ -233,8 +239,9 @@ class DockerHandle(JobHandle):
         if mounts:  # a local SQLite store is the host user's: the job writes it as that user
             secrets[RUN_AS_ENV] = f"{os.getuid()}:{os.getgid()}"
         request = self._request(environment)
+        s3 = self._role_s3() if self.config.as_role else None
         self._thread = threading.Thread(
-            target=self._run, args=(request, mounts, secrets), name=f"docker-{self.job_name}", daemon=True
+            target=self._run, args=(request, mounts, secrets, s3), name=f"docker-{self.job_name}", daemon=True
         )
         self._thread.start()
 
@@ -283,7 +290,21 @@ class DockerHandle(JobHandle):
             return "host"
         return "bridge"
 
-    def _run(self, request: dict[str, Any], mounts: dict[str, str], secrets: dict[str, str]) -> None:
+    def _role_s3(self) -> Any:
+        """An S3 client acting as the request's role; the run fails when the role cannot be assumed."""
+        from ...storage import role_s3_client
+
+        assert self.tracker is not None and self.spec.run_id and self.config.role
+        try:
+            return role_s3_client(self.config.role)
+        except Exception as exc:
+            error = BackendError(f"--as-role: cannot assume {self.config.role}: {type(exc).__name__}: {exc}")
+            self.tracker.fail_run(self.spec.run_id, FAILED, str(error))
+            raise error from None
+
+    def _run(
+        self, request: dict[str, Any], mounts: dict[str, str], secrets: dict[str, str], s3: Any = None
+    ) -> None:
         from .container import run_request
 
         echo = self.spec.progress or self.spec.log_output
@@ -307,6 +328,7 @@ class DockerHandle(JobHandle):
                     resources=self.config.resources(),
                     user=self.config.container_user(),
                     extra_env=secrets,
+                    s3=s3,
                 )
         except Exception as exc:  # the engine failed us: the run ends FAILED with this reason
             log.debug("docker job %s", self.job_name, exc_info=True)

@@ -27,6 +27,7 @@ OPTION_KEYS = {
     "pass_aws_credentials": "pass_aws_credentials",
     "network": "network",
     "network_isolation": "network_isolation",
+    "as_role": "as_role",
 }
 # The Docker options of ``batcat run`` (and of the magics, which parse with it): click's arguments.
 RUN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
@@ -48,6 +49,14 @@ RUN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
             "default": None,
             "metavar": "NAME",
             "help": "Docker network of the job (default: bridge; host to reach this machine's loopback).",
+        },
+    ),
+    (
+        ("--as-role",),
+        {
+            "is_flag": True,
+            "default": None,
+            "help": "Move the job's S3 data as --role (STS AssumeRole), as SageMaker would.",
         },
     ),
     (

@@ -124,19 +124,21 @@ def run_request(
     resources: ContainerResources | None = None,
     user: str | None = None,
     extra_env: Mapping[str, str] | None = None,
+    s3: Any = None,
 ) -> ProcessingOutcome:
     """Run a ``create_processing_job`` request in a local container, as SageMaker would.
 
     ``extra_mounts`` (host dir -> container dir, read-write) and ``extra_env`` (variables the
     job's config does not record, e.g. credentials) are local additions; ``network_mode`` is the
-    network of a job the request does not isolate; ``user`` overrides the image's USER. The
-    container is always removed.
+    network of a job the request does not isolate; ``user`` overrides the image's USER; ``s3`` is
+    the client that moves the channels (default: this process's credentials). The container is
+    always removed.
     """
     client = client or docker_client()
     stop = stop or threading.Event()
     if stop.is_set():
         return ProcessingOutcome(-1, STOPPED, "stopped before the container started")
-    stage = _Stage(request)
+    stage = _Stage(request, s3)
     try:
         try:
             stage.prepare()
@@ -170,8 +172,9 @@ class _Stage:
     """The platform's side of ``/opt/ml``: config, downloaded inputs and empty output channels,
     packed as root-owned 0755 folders; the outputs, copied back out at the end."""
 
-    def __init__(self, request: Mapping[str, Any]) -> None:
+    def __init__(self, request: Mapping[str, Any], s3: Any = None) -> None:
         self.request = request
+        self.s3 = s3
         self.root = Path(tempfile.mkdtemp(prefix=f"batcat-{request['ProcessingJobName']}-"))  # 0700
         self.layout = JobLayout(self.root)
         self.archive = self.root / "platform.tar"
@@ -201,7 +204,7 @@ class _Stage:
             return source
         target = self.layout.input(name)
         target.mkdir(parents=True)
-        download(uri, target)
+        download(uri, target, self.s3)
         if not any(target.iterdir()):
             raise UsageError(f"input '{name}': no objects under {uri}")
         return target
@@ -223,7 +226,7 @@ class _Stage:
             try:
                 container.copy_out(local, source)
                 if is_s3(uri):
-                    upload(source, uri)
+                    upload(source, uri, self.s3)
                 else:
                     shutil.copytree(source, local_path(uri), dirs_exist_ok=True, symlinks=True)
             except Exception as exc:

@@ -447,3 +447,68 @@ def test_a_request_sagemaker_would_refuse_is_refused_before_a_container_runs(
         run_in_docker(nb, runner, experiment=experiment, **options)
     assert problem in str(refused.value)
     assert {c.id for c in engine.containers.list(all=True)} == before
+
+
+@pytest.fixture
+def iam_enforced(moto_server, monkeypatch):
+    """From here on moto evaluates IAM (INITIAL_NO_AUTH_ACTION_COUNT) for every call, made as a user
+    who may only assume roles and list buckets."""
+    from moto import settings
+
+    iam = boto3.client("iam")
+    name = f"batcat-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=name)
+    allow = {"Effect": "Allow", "Action": ["sts:AssumeRole", "s3:ListBucket"], "Resource": "*"}
+    iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=policy(allow))
+    keys = iam.create_access_key(UserName=name)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["SecretAccessKey"])
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it cached the previous credentials
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    return name
+
+
+def policy(*statements: dict) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def role_reading(bucket: str, prefix: str) -> str:
+    """A role that may read ``s3://bucket/prefix*`` and nothing else."""
+    iam = boto3.client("iam")
+    name = f"batcat-job-{uuid.uuid4().hex[:8]}"
+    trust = {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}
+    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=policy(trust))["Role"]["Arn"]
+    read = {
+        "Effect": "Allow",
+        "Action": ["s3:ListBucket", "s3:GetObject"],
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{prefix}*"],
+    }
+    iam.put_role_policy(RoleName=name, PolicyName="read", PolicyDocument=policy(read))
+    return str(arn)
+
+
+def test_as_role_moves_the_data_with_the_roles_rights_and_no_more(
+    project, experiment, runner, s3_bucket, request
+):
+    s3 = boto3.client("s3")
+    for prefix in ("allowed", "denied"):
+        s3.put_object(Bucket=s3_bucket, Key=f"{prefix}/a.csv", Body=b"x\n1\n")
+    role = role_reading(s3_bucket, "allowed/")
+    request.getfixturevalue("iam_enforced")
+    nb = write_notebook(project / "nb.ipynb", "input_dir = ''", "import os; print(os.listdir(input_dir))")
+
+    def run(prefix: str):
+        options = {"role": role, "as_role": True}
+        return run_in_docker(
+            nb,
+            runner,
+            experiment=experiment,
+            inputs={"input": f"s3://{s3_bucket}/{prefix}"},
+            backend_options=options,
+        )
+
+    allowed = run("allowed")
+    assert allowed.status == "FINISHED", allowed.reason
+    denied = run("denied")  # the user may list it; the role may not: the job fails as on SageMaker
+    assert denied.status == "FAILED" and "Forbidden" in denied.reason, denied.reason
