@@ -28,7 +28,7 @@ $(DEV): pyproject.toml notebooks/requirements.txt | $(BIN)/python
 
 setup: $(DEV)
 
-## Run the example training notebook locally, tracked in ./mlflow.db
+## Run the example training notebook locally, tracked in ./mlflow-store/
 demo: $(DEMO)
 	$(BIN)/batcat run notebooks/train_diabetes.ipynb -p alpha 0.05 -y 'l1_ratio: 0.5'
 

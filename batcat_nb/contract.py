@@ -5,7 +5,9 @@ keyword arguments, the platform's limits on it, and the outcome vocabulary of
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -14,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from .errors import UsageError
-from .layout import CONTAINER_ROOT, JobLayout
+from .layout import CONTAINER_ROOT, NOTEBOOK_CHANNEL, JobLayout
+from .redact import without_credentials
 from .storage import is_s3
 
 if TYPE_CHECKING:
@@ -28,6 +31,58 @@ MAX_ENVIRONMENT = 100
 MAX_ENV_VALUE = 256
 DEFAULT_MAX_RUNTIME = 86400  # SageMaker's default limit: one day
 COMPLETED, FAILED, STOPPED = "Completed", "Failed", "Stopped"
+LOCAL_ROLE = "arn:aws:iam::000000000000:role/batcat-local"  # a Docker run's RoleArn without --role
+PLATFORM = "linux/amd64"  # every Processing instance type is x86
+# Uploaded as it is written: a failed or stopped job's partial notebook and manifest reach S3 on
+# the platform too (whether EndOfJob outputs are uploaded after a failure is not documented).
+CONTINUOUS_OUTPUTS = frozenset({NOTEBOOK_CHANNEL})
+# Tags on the processing job, so that `batcat download JOB` finds the run to complete later.
+JOB_TAG_RUN_ID = "batcat:mlflow-run-id"
+JOB_TAG_EXPERIMENT_ID = "batcat:mlflow-experiment-id"
+JOB_TAG_TRACKING_URI = "batcat:mlflow-tracking-uri"
+JOB_TAG_NOTEBOOK = "batcat:notebook"
+_TAG_VALUE = re.compile(r"[\w\s.:/=+\-@]{0,256}")
+_TAG_VALUE_DROPPED = re.compile(r"[^\w\s.:/=+\-@]")  # SageMaker's TagValue pattern, negated
+
+# vCPUs and memory (GiB) of Processing instance types: a Docker run given --instance-type gets
+# the same, so a notebook that runs out of memory on its instance does so locally too.
+INSTANCE_TYPES: dict[str, tuple[int, float]] = {
+    "ml.t3.medium": (2, 4),
+    "ml.t3.large": (2, 8),
+    "ml.t3.xlarge": (4, 16),
+    "ml.t3.2xlarge": (8, 32),
+    **{
+        f"ml.m5.{size}": (cpus, cpus * 4)
+        for size, cpus in (
+            ("large", 2),
+            ("xlarge", 4),
+            ("2xlarge", 8),
+            ("4xlarge", 16),
+            ("12xlarge", 48),
+            ("24xlarge", 96),
+        )
+    },
+    **{
+        f"ml.c5.{size}": (cpus, cpus * 2)
+        for size, cpus in (("xlarge", 4), ("2xlarge", 8), ("4xlarge", 16), ("9xlarge", 36), ("18xlarge", 72))
+    },
+    **{
+        f"ml.r5.{size}": (cpus, cpus * 8)
+        for size, cpus in (
+            ("large", 2),
+            ("xlarge", 4),
+            ("2xlarge", 8),
+            ("4xlarge", 16),
+            ("12xlarge", 48),
+            ("24xlarge", 96),
+        )
+    },
+    "ml.g4dn.xlarge": (4, 16),
+    "ml.g4dn.2xlarge": (8, 32),
+    "ml.g5.xlarge": (4, 16),
+    "ml.g5.2xlarge": (8, 32),
+    "ml.p3.2xlarge": (8, 61),
+}
 
 CONTAINER = JobLayout(CONTAINER_ROOT)
 
@@ -50,16 +105,18 @@ def build_request(
     inputs: dict[str, str],
     outputs: dict[str, str],
     environment: dict[str, str],
-    role_arn: str = "arn:aws:iam::000000000000:role/batcat-local",
-    instance_type: str = "local",
+    role_arn: str = LOCAL_ROLE,
+    instance_type: str = "ml.m5.large",
     instance_count: int = 1,
     volume_gb: int = 30,
     max_runtime: int | None = None,
+    tags: Mapping[str, str] | None = None,
+    network_isolation: bool = False,
 ) -> dict[str, Any]:
     """``create_processing_job``'s keyword arguments for ``spec``; channels map names to URIs."""
     check_channels(inputs, outputs, uris=True)
     check_environment(environment)
-    return {
+    request: dict[str, Any] = {
         "ProcessingJobName": spec.job_name,
         "ProcessingInputs": [
             {
@@ -80,7 +137,7 @@ def build_request(
                     "S3Output": {
                         "S3Uri": uri,
                         "LocalPath": str(CONTAINER.output(name)),
-                        "S3UploadMode": "EndOfJob",
+                        "S3UploadMode": "Continuous" if name in CONTINUOUS_OUTPUTS else "EndOfJob",
                     },
                 }
                 for name, uri in outputs.items()
@@ -98,6 +155,78 @@ def build_request(
         "Environment": dict(environment),
         "RoleArn": role_arn,
     }
+    if network_isolation:
+        request["NetworkConfig"] = {"EnableNetworkIsolation": True}
+    if tags:
+        request["Tags"] = [{"Key": key, "Value": tag_value(value)} for key, value in tags.items()]
+    return request
+
+
+def request_tags(spec: JobSpec) -> dict[str, str]:
+    """The job's tags: the run's own, the notebook, and where its MLflow run lives."""
+    tags = {**spec.tags, JOB_TAG_NOTEBOOK: spec.notebook_file}
+    if spec.run_id:
+        tags[JOB_TAG_RUN_ID] = spec.run_id
+        tags[JOB_TAG_EXPERIMENT_ID] = spec.experiment_id or ""
+    stored_uri = without_credentials(spec.tracking_uri)  # the user's own credentials reconnect
+    if _TAG_VALUE.fullmatch(stored_uri):  # never altered: `batcat download` reads it back
+        tags[JOB_TAG_TRACKING_URI] = stored_uri
+    return {key: str(value) for key, value in tags.items()}
+
+
+def on_loopback(uri: str) -> bool:
+    """Does this http(s) URI name a server on this machine's loopback (localhost, 127.0.0.0/8, ::1)?"""
+    import ipaddress
+
+    host = urlparse(uri).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tag_value(text: str) -> str:
+    """``text`` as a SageMaker tag value: characters its pattern refuses become ``_``, 256 at most.
+
+    A notebook named ``Sales Report (v2).ipynb`` is refused as a tag value by SageMaker as is.
+    """
+    return _TAG_VALUE_DROPPED.sub("_", str(text))[:256]
+
+
+def check_request(request: Mapping[str, Any]) -> None:
+    """Everything SageMaker would refuse in ``request``, refused here: the one check of both the
+    SageMaker submission and the Docker run (botocore's service model: at most 10 inputs and 10
+    outputs, environment keys and values, MaxRuntimeInSeconds 1..777600, names, tag values)."""
+    from .service_model import validate_request
+
+    validate_request("sagemaker", "CreateProcessingJob", as_submitted(request))
+
+
+def as_submitted(request: Mapping[str, Any]) -> dict[str, Any]:
+    """``request`` with its local ``file://`` channels as the S3 URIs they would be staged to on
+    SageMaker (the only part of a Docker run's request SageMaker would never see as is)."""
+    copy = json.loads(json.dumps(request))
+    channels = [item["S3Input"] for item in copy.get("ProcessingInputs", [])]
+    channels += [item["S3Output"] for item in copy.get("ProcessingOutputConfig", {}).get("Outputs", [])]
+    for channel in channels:
+        if channel["S3Uri"].startswith("file://"):
+            channel["S3Uri"] = "s3://local-channel" + local_path(channel["S3Uri"]).as_posix()
+    return copy
+
+
+def instance_resources(instance_type: str) -> tuple[int, float]:
+    """(vCPUs, GiB of memory) of a Processing instance type; a UsageError naming the known ones."""
+    try:
+        return INSTANCE_TYPES[instance_type]
+    except KeyError:
+        from .errors import did_you_mean
+
+        raise UsageError(
+            f"instance type {instance_type!r} is not in batcat's table of Processing instances"
+            f"{did_you_mean(instance_type, INSTANCE_TYPES)}; give --cpus and --memory instead"
+        ) from None
 
 
 def check_channels(inputs: Mapping[str, str], outputs: Mapping[str, str], uris: bool = False) -> None:
@@ -171,22 +300,72 @@ def local_path(uri: str) -> Path:
 
 
 def job_config(request: Mapping[str, Any]) -> dict[str, Any]:
-    """``/opt/ml/config/processingjobconfig.json``: the request plus the job's ARN."""
+    """``/opt/ml/config/processingjobconfig.json`` as the platform writes it: every field it fills
+    in (defaults and nulls included), built from the request rather than copied from it."""
     name = request["ProcessingJobName"]
     account = str(request.get("RoleArn", "")).split(":")[4:5] or ["000000000000"]
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    keys = (
-        "AppSpecification",
-        "Environment",
-        "NetworkConfig",
-        "ProcessingInputs",
-        "ProcessingOutputConfig",
-        "ProcessingResources",
-        "RoleArn",
-        "StoppingCondition",
-    )
+    app = request["AppSpecification"]
+    network = request.get("NetworkConfig") or {}
+    cluster = request["ProcessingResources"]["ClusterConfig"]
+    outputs = request.get("ProcessingOutputConfig", {})
     return {
         "ProcessingJobArn": f"arn:aws:sagemaker:{region}:{account[0]}:processing-job/{name.lower()}",
         "ProcessingJobName": name,
-        **{key: request[key] for key in keys if key in request},
+        "AppSpecification": {
+            "ImageUri": app["ImageUri"],
+            "ContainerEntrypoint": app.get("ContainerEntrypoint"),
+            "ContainerArguments": app.get("ContainerArguments"),
+        },
+        "Environment": dict(request.get("Environment") or {}),
+        "NetworkConfig": {
+            "EnableInterContainerTrafficEncryption": bool(
+                network.get("EnableInterContainerTrafficEncryption")
+            ),
+            "EnableNetworkIsolation": bool(network.get("EnableNetworkIsolation")),
+            "VpcConfig": network.get("VpcConfig"),
+        },
+        "ProcessingInputs": [_input_config(item) for item in request.get("ProcessingInputs", [])],
+        "ProcessingOutputConfig": {
+            "Outputs": [_output_config(item) for item in outputs.get("Outputs", [])],
+            "KmsKeyId": outputs.get("KmsKeyId"),
+        },
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": cluster["InstanceCount"],
+                "InstanceType": cluster["InstanceType"],
+                "VolumeSizeInGB": cluster["VolumeSizeInGB"],
+                "VolumeKmsKeyId": cluster.get("VolumeKmsKeyId"),
+            }
+        },
+        "RoleArn": request["RoleArn"],
+        "StoppingCondition": {"MaxRuntimeInSeconds": request["StoppingCondition"]["MaxRuntimeInSeconds"]},
+    }
+
+
+def _input_config(item: Mapping[str, Any]) -> dict[str, Any]:
+    s3 = item["S3Input"]
+    return {
+        "InputName": item["InputName"],
+        "AppManaged": bool(item.get("AppManaged")),
+        "S3Input": {
+            "LocalPath": s3["LocalPath"],
+            "S3Uri": s3["S3Uri"],
+            "S3DataDistributionType": s3.get("S3DataDistributionType", "FullyReplicated"),
+            "S3DataType": s3["S3DataType"],
+            "S3InputMode": s3.get("S3InputMode", "File"),
+            "S3CompressionType": s3.get("S3CompressionType", "None"),
+            "S3DownloadMode": "StartOfJob",
+        },
+        "DatasetDefinition": None,
+    }
+
+
+def _output_config(item: Mapping[str, Any]) -> dict[str, Any]:
+    s3 = item["S3Output"]
+    return {
+        "OutputName": item["OutputName"],
+        "AppManaged": bool(item.get("AppManaged")),
+        "S3Output": {"LocalPath": s3["LocalPath"], "S3Uri": s3["S3Uri"], "S3UploadMode": s3["S3UploadMode"]},
+        "FeatureStoreOutput": None,
     }

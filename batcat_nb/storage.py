@@ -34,6 +34,21 @@ def s3_client() -> Any:
 AWS_PASSED = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED")
 
 
+def role_s3_client(role_arn: str) -> Any:
+    """An S3 client with credentials from STS ``AssumeRole`` on ``role_arn``: it may do what a
+    job running as that role may do, no more (``--as-role``)."""
+    import boto3
+
+    answer = boto3.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="batcat-as-role")
+    credentials = answer["Credentials"]
+    return boto3.client(
+        "s3",
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+    )
+
+
 def aws_credentials() -> dict[str, str]:
     """This host's AWS credentials (and region/endpoint) as variables for the container only."""
     import boto3

@@ -53,9 +53,20 @@ _PARAM_MAX = 6000  # MLflow's limit on a parameter value
 _TAG_MAX = 5000
 
 
+STORE_DIR = "mlflow-store"  # the embedded store's own folder: mlflow.db and mlartifacts/
+
+
 def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else the embedded default: SQLite in the project directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir() / 'mlflow.db'}"
+    """``$MLFLOW_TRACKING_URI``, else the embedded default: SQLite in ``mlflow-store/`` of the project.
+
+    A folder of its own, so that a Docker job is given the store and nothing else of the project;
+    a project that already has ``mlflow.db`` at its root keeps using it.
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    legacy = project_dir() / "mlflow.db"
+    database = legacy if legacy.exists() else project_dir() / STORE_DIR / "mlflow.db"
+    return f"sqlite:///{database}"
 
 
 def run_tags(

@@ -33,6 +33,7 @@ from typing import Any, TextIO
 from . import environment, retry
 from .layout import CODE_CHANNEL, MESSAGE_LIMIT, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
+from .privileges import drop_privileges
 from .record import RECORDS_ENV
 from .redact import Masker
 from .secrets import for_job as job_secrets
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         return serve()
     layout = JobLayout.current()
+    drop_privileges(layout)  # the runner image starts as root: see privileges.py
     try:
         job = json.loads(layout.job_file.read_text())
     except (OSError, ValueError) as exc:

@@ -141,7 +141,9 @@ def options(bucket: str, ecr_image: str) -> dict[str, Any]:
 
 @pytest.fixture
 def sagemaker_env(options: dict[str, Any], fake_sagemaker: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """`-b sagemaker` works with no more options: they come from BATCAT_SAGEMAKER_*."""
+    """`-b sagemaker` works with no more options: they come from BATCAT_SAGEMAKER_*. Jobs run in the
+    subprocess runner: the magics tests that use it are about the magics' logic (states, waiting,
+    status/logs/stop), not the container; the container is tested in test_sagemaker_docker.py."""
     for name, value in options.items():
         monkeypatch.setenv(f"BATCAT_SAGEMAKER_{name.upper()}", value)
     monkeypatch.setenv("BATCAT_SAGEMAKER_POLL_INTERVAL", "0.3")
@@ -198,11 +200,12 @@ Runner = Callable[..., Any]  # (request, *, on_log, stop) -> outcome
 
 
 def docker_runner() -> Runner:
-    """The Docker backend's contract implementation, which executes a request in a container."""
+    """The strict emulation: the request run in its image as the platform runs it (platform-owned
+    folders, the image's user, the request's network, entrypoint and environment)."""
     from batcat_nb.backends.docker.container import run_request
 
     def run(request: dict[str, Any], *, on_log: Callable[[str], None], stop: threading.Event) -> Any:
-        return run_request(request, on_log=on_log, stop=stop, stop_grace=10.0, network_mode="host")
+        return run_request(request, on_log=on_log, stop=stop, stop_grace=10.0)
 
     return run
 
@@ -210,7 +213,8 @@ def docker_runner() -> Runner:
 def subprocess_runner(
     request: dict[str, Any], *, on_log: Callable[[str], None], stop: threading.Event
 ) -> ProcessingOutcome:
-    """The request's worker in a subprocess over a local ``/opt/ml`` (no container), same contract.
+    """The request's worker in a subprocess over a local ``/opt/ml``: for tests about the launcher's
+    logic only (states, polling, logs, stops), which say so; end-to-end tests use ``in_runner_image``.
 
     Inputs are downloaded from S3 into their channels, processingjobconfig.json and
     resourceconfig.json are written, the Environment is the request's, the first KB of
@@ -234,7 +238,8 @@ def subprocess_runner(
         (config / "resourceconfig.json").write_text(
             json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
         )
-        env = {**os.environ, **request.get("Environment", {}), "BATCAT_ML_ROOT": str(root)}
+        host = {k: os.environ[k] for k in ("PATH", "LANG", "MLFLOW_DISABLE_TELEMETRY") if k in os.environ}
+        env = {**host, "HOME": str(root), **request.get("Environment", {}), "BATCAT_ML_ROOT": str(root)}
         process = subprocess.Popen(
             [sys.executable, "-m", "batcat_nb.worker"],
             stdout=subprocess.PIPE,
@@ -429,28 +434,3 @@ def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
         process.terminate()
         process.wait(10)
-
-
-def docker_available() -> bool:
-    try:
-        import docker
-
-        docker.from_env().ping()
-    except Exception:
-        return False
-    return True
-
-
-def runner_image() -> str | None:
-    """A local batcat runner image: $BATCAT_TEST_RUNNER_IMAGE, else the newest batcat-runner."""
-    import docker
-
-    given = os.environ.get("BATCAT_TEST_RUNNER_IMAGE")
-    if given:
-        return given
-    images = docker.from_env().images.list(name="batcat-runner")
-    images.sort(key=lambda image: image.attrs.get("Created", ""), reverse=True)
-    for image in images:
-        if image.tags:
-            return str(image.tags[0])
-    return None

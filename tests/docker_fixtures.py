@@ -15,10 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_fixtures import aws_env, local_registry, moto_server
+from aws_fixtures import (
+    RUNNER_URI,
+    FakeSageMaker,
+    aws_env,
+    docker_runner,
+    local_registry,
+    moto_server,
+)
 from conftest import BATCAT, EXAMPLES, require
 
-__all__ = ["aws_env", "engine", "local_registry", "moto_server", "runner", "s3_bucket"]
+__all__ = [
+    "aws_env",
+    "engine",
+    "in_runner_image",
+    "local_registry",
+    "moto_server",
+    "runner",
+    "s3_bucket",
+]
 
 EXAMPLE_REQUIREMENTS = (
     "scikit-learn\npandas\nskops\n"  # notebooks/*.ipynb: imports, mlflow.sklearn (skinny lacks skops)
@@ -66,6 +81,19 @@ def runner(engine: Any, tmp_path_factory: pytest.TempPathFactory) -> Runner:
         require(False, f"a base image ({exc})")
     image = images.ensure_image(engine, base_image=base, requirements=requirements)
     return Runner(image, requirements)
+
+
+@pytest.fixture
+def in_runner_image(
+    fake_sagemaker: FakeSageMaker, runner: Runner, engine: Any, ecr_image: str
+) -> FakeSageMaker:
+    """SageMaker's jobs run in the runner image built from the current source, known locally by the
+    URI the tests' ECR gives it, through the strict emulation (platform-owned folders, the image's
+    user, the request's network, entrypoint and environment)."""
+    repository, tag = RUNNER_URI.rsplit(":", 1)
+    engine.images.get(runner.image.tag).tag(repository, tag)
+    fake_sagemaker.runner = docker_runner()
+    return fake_sagemaker
 
 
 def job_containers(engine: Any) -> list[Any]:

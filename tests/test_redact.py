@@ -105,7 +105,7 @@ def test_sagemaker_job_tag_holds_the_store_without_credentials_and_download_reco
 ):
     from mlflow.tracking import MlflowClient
 
-    from batcat_nb import api
+    from batcat_nb import api, contract
     from batcat_nb.backends.sagemaker import jobs as sagemaker_jobs
     from batcat_nb.spec import RunRequest
 
@@ -124,7 +124,7 @@ def test_sagemaker_job_tag_holds_the_store_without_credentials_and_download_reco
 
     assert result.status == "FINISHED", result.reason
     tags = {t["Key"]: t["Value"] for t in fake_sagemaker.requests[result.job_name]["Tags"]}
-    assert tags[sagemaker_jobs.JOB_TAG_TRACKING_URI] == mlflow_server
+    assert tags[contract.JOB_TAG_TRACKING_URI] == mlflow_server
     sent = json.dumps(fake_sagemaker.requests[result.job_name])
     assert PASSWORD not in sent + json.dumps(sagemaker_jobs.describe_job(result.job_name), default=str)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the user's own credentials reconnect

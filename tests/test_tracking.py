@@ -74,3 +74,17 @@ def test_batcat_ui_serves_the_project_store(project, tracking_uri):
         finally:
             process.terminate()
             process.wait(30)
+
+
+def test_the_default_store_lives_in_a_folder_of_its_own_and_an_older_one_is_kept(tmp_path, monkeypatch):
+    from batcat_nb.tracking import default_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert (
+        default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow-store' / 'mlflow.db'}"
+    )  # a Docker job sees only it
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    assert default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"  # a project's existing store

@@ -150,7 +150,7 @@ def _core_options() -> list[Any]:
             tracking,
             "--tracking-uri",
             default=None,
-            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db).",
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow-store/mlflow.db).",
         ),
         option(tracking, "--tag", "tags", multiple=True, metavar="KEY=VALUE", help="Tag for the run."),
         option(

@@ -274,7 +274,7 @@ class BatcatMagics(Magics):
     @argument("-n", "--last", type=int, default=None, help="How many recent runs (default 20).")
     @argument("-m", "--metric", help="Sort by this metric, best (highest) first.")
     @argument("--ascending", action="store_true", help="With --metric: lowest first (losses, errors).")
-    @argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or ./mlflow.db).")
+    @argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlflow-store/).")
     def batcat_runs(self, line: str = "") -> Any:
         """Recent runs as a table: one row a run, parameters and metrics as columns.
 

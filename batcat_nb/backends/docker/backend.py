@@ -21,17 +21,25 @@ from typing import Any
 
 from ...config import parse_pairs, resolve
 from ...contract import (
+    LOCAL_ROLE,
+    PLATFORM,
     ProcessingOutcome,
+    build_request,
     check_channels,
     check_environment,
+    check_request,
     code_files,
     file_uri,
     include_paths,
+    instance_resources,
+    on_loopback,
+    request_tags,
     stage_files,
 )
 from ...errors import BackendError, ConfigError
 from ...layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
-from ...manifest import FINISHED, RUNNING, Manifest
+from ...manifest import FAILED, FINISHED, RUNNING, Manifest
+from ...privileges import RUN_AS_ENV
 from ...secrets import launcher_env
 from ...spec import JobSpec
 from ...storage import aws_credentials, is_s3
@@ -58,20 +66,37 @@ class DockerConfig:
     env: list[str] | dict[str, str] | None = None  # NAME=VALUE entries for the container
     include: list[str] | None = None  # files or directories shipped beside the notebook
     pass_aws_credentials: bool = False
-    network: str = "host"  # host: the job reaches servers on this machine (MLflow, S3 endpoints)
-    user: str | None = None  # default: your uid:gid (bind mounts stay yours); "image": the image's USER
-    stop_grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+    role: str | None = None  # the request's RoleArn; with as_role, the role the data moves as
+    as_role: bool = False  # S3 channels move with STS AssumeRole credentials of ``role``
+    instance_type: str | None = None  # the request's; also the container's vCPUs and memory
+    network: str | None = None  # default: bridge, or host when tracking is on this machine's loopback
+    network_isolation: bool = False  # the request's EnableNetworkIsolation: no network at all
+    user: str | None = None  # default ("image"): the image's USER, as on SageMaker; or UID:GID
+    stop_grace: float = 10.0  # seconds between SIGINT and SIGKILL
 
     def environment(self) -> dict[str, str]:
         return parse_pairs(self.env, "--env")
 
     def container_user(self) -> str | None:
-        if self.user == "image":
-            return None
-        return self.user or f"{os.getuid()}:{os.getgid()}"
+        return None if self.user in (None, "image") else self.user
 
     def resources(self) -> ContainerResources:
-        return ContainerResources(cpus=self.cpus, memory=self.memory, gpus=self.gpus)
+        """--cpus and --memory, else the instance type's (vCPUs capped at this machine's)."""
+        cpus, memory = self.cpus, self.memory
+        if self.instance_type:
+            vcpus, gib = instance_resources(self.instance_type)
+            available = os.cpu_count() or 1
+            if cpus is None and vcpus > available:
+                log.warning(
+                    "%s has %d vCPUs; this machine has %d: the container gets %d",
+                    self.instance_type,
+                    vcpus,
+                    available,
+                    available,
+                )
+            cpus = cpus if cpus is not None else min(vcpus, available)
+            memory = memory or f"{int(gib * 1024)}m"
+        return ContainerResources(cpus=cpus, memory=memory, gpus=self.gpus)
 
     def includes(self) -> list[Path]:
         return include_paths(self.include or [])
@@ -86,6 +111,12 @@ def docker_config(options: dict[str, Any]) -> DockerConfig:
         raise ConfigError(f"docker cpus must be positive, got {config.cpus}")
     if config.gpus and not (str(config.gpus) == "all" or str(config.gpus).isdigit()):
         raise ConfigError(f"docker gpus {config.gpus!r}: give 'all' or a count")
+    if config.network_isolation and config.network not in (None, "none"):
+        raise ConfigError(f"--network {config.network} contradicts --network-isolation (no network at all)")
+    if config.instance_type:
+        instance_resources(config.instance_type)
+    if config.as_role and not config.role:
+        raise ConfigError("--as-role needs the role to assume: --role arn:aws:iam::ACCOUNT_ID:role/NAME")
     config.environment()
     config.includes()
     return config
@@ -115,6 +146,12 @@ class DockerBackend:
             )
         if config.pass_aws_credentials:
             aws_credentials()
+        draft = run_env(spec.tracking_uri, "0" * 32, "0" * 19)
+        check_request(
+            docker_request(
+                spec, config, "batcat-runner:draft", Path("/draft"), {**draft, **config.environment()}
+            )
+        )
 
     def submit(self, spec: JobSpec) -> DockerHandle:
         return DockerHandle(spec, docker_config(spec.backend_options), self.client())
@@ -124,6 +161,40 @@ class DockerBackend:
         from ..local import agent
 
         return agent.tracker(uri)
+
+
+def warn_if_not_for_sagemaker(image: Any) -> None:
+    """A local run of an image SageMaker could not run (its instances are all x86) says so."""
+    if image.architecture != "amd64":
+        log.warning(
+            "image %s is built for %s; SageMaker runs %s only: `batcat build` builds for it",
+            image.tag,
+            image.architecture,
+            PLATFORM,
+        )
+
+
+def docker_request(
+    spec: JobSpec, config: DockerConfig, image: str, job_dir: Path, environment: dict[str, str]
+) -> dict[str, Any]:
+    """The CreateProcessingJob request a Docker run executes: the one SageMaker would be sent,
+    with the staged code and job channels and the local channels as ``file://`` URIs."""
+    inputs = {name: file_uri(job_dir / name) for name in (CODE_CHANNEL, JOB_CHANNEL)}
+    inputs.update({k: v if is_s3(v) else file_uri(v) for k, v in spec.inputs.items()})
+    outputs = {NOTEBOOK_CHANNEL: file_uri(spec.output_dir)}
+    outputs.update({k: v if is_s3(v) else file_uri(v) for k, v in spec.outputs.items()})
+    return build_request(
+        spec,
+        image=image,
+        inputs=inputs,
+        outputs=outputs,
+        environment=environment,
+        instance_type=config.instance_type or "ml.m5.large",  # named; limits only when asked
+        role_arn=config.role or LOCAL_ROLE,
+        max_runtime=int(spec.timeout) + 60 if spec.timeout else None,
+        tags=request_tags(spec),
+        network_isolation=config.network_isolation,
+    )
 
 
 class DockerHandle(JobHandle):
@@ -146,6 +217,7 @@ class DockerHandle(JobHandle):
                 wheelhouse=config.wheelhouse,
                 on_log=self._show_step if spec.progress or spec.log_output else None,
             )
+        warn_if_not_for_sagemaker(self.image)
         # The run is created after submit, with the spec's tags: the image is part of its provenance.
         spec.tags.update({TAG_IMAGE: self.image.tag, TAG_IMAGE_DIGEST: self.image.digest})
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -166,41 +238,75 @@ class DockerHandle(JobHandle):
         environment.update(self.config.environment())
         secrets = aws_credentials() if self.config.pass_aws_credentials else {}
         secrets.update(launcher_env(self.spec.secrets))  # the container's, not its config's
+        if mounts:  # a local SQLite store is the host user's: the job writes it as that user
+            secrets[RUN_AS_ENV] = f"{os.getuid()}:{os.getgid()}"
         request = self._request(environment)
+        s3 = self._role_s3() if self.config.as_role else None
         self._thread = threading.Thread(
-            target=self._run, args=(request, mounts, secrets), name=f"docker-{self.job_name}", daemon=True
+            target=self._run, args=(request, mounts, secrets, s3), name=f"docker-{self.job_name}", daemon=True
         )
         self._thread.start()
 
     def _request(self, environment: dict[str, str]) -> dict[str, Any]:
-        from ...contract import build_request
-
-        spec = self.spec
-        inputs = {name: file_uri(self.job_dir / name) for name in (CODE_CHANNEL, JOB_CHANNEL)}
-        inputs.update({k: v if is_s3(v) else file_uri(v) for k, v in spec.inputs.items()})
-        outputs = {NOTEBOOK_CHANNEL: file_uri(self.output_dir)}
-        outputs.update({k: v if is_s3(v) else file_uri(v) for k, v in spec.outputs.items()})
-        return build_request(
-            spec,
-            image=self.image.tag,
-            inputs=inputs,
-            outputs=outputs,
-            environment=environment,
-            max_runtime=int(spec.timeout) + 60 if spec.timeout else None,
-        )
+        request = docker_request(self.spec, self.config, self.image.tag, self.job_dir, environment)
+        check_request(request)  # run ids and image known now: the request as it runs
+        return request
 
     def _tracking(self) -> tuple[dict[str, str], dict[str, str]]:
-        """The run's variables for the container, and the mounts a local store needs."""
+        """The run's variables for the container, and the one mount a local store needs: its folder
+        (the database, its journal, ``mlartifacts/``), at the same path so the same URI works."""
         assert self.tracker is not None and self.spec.run_id and self.spec.experiment_id
         uri = self.tracker.uri
         mounts: dict[str, str] = {}
-        if uri.startswith("sqlite:///"):  # the same file at the same path, so the same URI works
+        if uri.startswith("sqlite:///"):
             database = Path(uri.removeprefix("sqlite:///")).resolve()
             uri = f"sqlite:///{database}"
-            mounts[str(database.parent)] = str(database.parent)  # mlartifacts/ lives there too
+            folder = database.parent
+            others = sorted(
+                p.name
+                for p in folder.iterdir()
+                if not p.name.startswith(database.name) and p.name != "mlartifacts"
+            )
+            if others:
+                log.warning(
+                    "the job sees all of %s, where the SQLite store lives beside %s; keep the store "
+                    "in a folder of its own",
+                    folder,
+                    ", ".join(others[:5]),
+                )
+            mounts[str(folder)] = str(folder)
         return run_env(uri, self.spec.run_id, self.spec.experiment_id), mounts
 
-    def _run(self, request: dict[str, Any], mounts: dict[str, str], secrets: dict[str, str]) -> None:
+    def _network(self) -> str:
+        """Docker's bridge, as a SageMaker job has a network of its own; the host's only when asked
+        or when the job must reach a tracking server on this machine's loopback."""
+        if self.config.network_isolation:
+            return "none"
+        if self.config.network:
+            return self.config.network
+        uri = self.spec.tracking_uri
+        if uri.startswith(("http://", "https://")) and on_loopback(uri):
+            log.info(
+                "%s uses the host's network: its tracking server is on this machine's loopback", self.job_name
+            )
+            return "host"
+        return "bridge"
+
+    def _role_s3(self) -> Any:
+        """An S3 client acting as the request's role; the run fails when the role cannot be assumed."""
+        from ...storage import role_s3_client
+
+        assert self.tracker is not None and self.spec.run_id and self.config.role
+        try:
+            return role_s3_client(self.config.role)
+        except Exception as exc:
+            error = BackendError(f"--as-role: cannot assume {self.config.role}: {type(exc).__name__}: {exc}")
+            self.tracker.fail_run(self.spec.run_id, FAILED, str(error))
+            raise error from None
+
+    def _run(
+        self, request: dict[str, Any], mounts: dict[str, str], secrets: dict[str, str], s3: Any = None
+    ) -> None:
         from .container import run_request
 
         echo = self.spec.progress or self.spec.log_output
@@ -220,10 +326,11 @@ class DockerHandle(JobHandle):
                     stop=self._stop_event,
                     stop_grace=self.config.stop_grace,
                     extra_mounts=mounts,
-                    network_mode=self.config.network,
+                    network_mode=self._network(),
                     resources=self.config.resources(),
                     user=self.config.container_user(),
                     extra_env=secrets,
+                    s3=s3,
                 )
         except Exception as exc:  # the engine failed us: the run ends FAILED with this reason
             log.debug("docker job %s", self.job_name, exc_info=True)

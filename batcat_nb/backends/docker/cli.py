@@ -33,6 +33,30 @@ RUN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--memory",), {"default": None, "metavar": "SIZE", "help": "Memory limit (512m, 2g)."}),
     (("--gpus",), {"default": None, "metavar": "all|N", "help": "GPUs for the job."}),
     (
+        ("--network",),
+        {
+            "default": None,
+            "metavar": "NAME",
+            "help": "Docker network of the job (default: bridge; host to reach this machine's loopback).",
+        },
+    ),
+    (
+        ("--as-role",),
+        {
+            "is_flag": True,
+            "default": None,
+            "help": "Move the job's S3 data as --role (STS AssumeRole), as SageMaker would.",
+        },
+    ),
+    (
+        ("--network-isolation",),
+        {
+            "is_flag": True,
+            "default": None,
+            "help": "No network at all (SageMaker's EnableNetworkIsolation; Docker and SageMaker).",
+        },
+    ),
+    (
         ("--pass-aws-credentials",),
         {
             "is_flag": True,

@@ -1,10 +1,15 @@
 """SageMaker Processing's container contract, run in a local container by the docker SDK.
 
-``run_request`` executes a ``create_processing_job`` request (``batcat_nb.contract``) exactly as
-SageMaker would: ``/opt/ml/config``, inputs under ``/opt/ml/processing/input/<name>`` (S3
-prefixes downloaded, ``file://`` directories bind-mounted read-only), outputs collected from
-``/opt/ml/processing/output/<name>`` at the end (EndOfJob, also after a failure or a stop),
-hostname ``algo-1``, the first KB of ``/opt/ml/output/message`` as the exit message.
+``run_request`` executes a ``create_processing_job`` request (``batcat_nb.contract``) as strictly
+as SageMaker does: the platform's folders (``/opt/ml/config``, each input and output channel,
+``/opt/ml/output``) are copied into the container owned by root, mode 0755, before it starts, as
+the platform creates them; the container runs the image's own USER, on the network the request
+allows (``EnableNetworkIsolation``: none), with hostname ``algo-1``; a stop sends SIGINT, then
+SIGKILL after a grace period. Nothing of the host is bind-mounted but what the caller adds
+(a local tracking store). At the end the outputs are copied out of the container and extracted by
+this process, so what reaches the host belongs to the host user: Continuous outputs whatever the
+outcome, EndOfJob outputs only for a completed job (the platform documents nothing more).
+The first KB of ``/opt/ml/output/message`` becomes the exit message.
 
 It knows nothing of MLflow or of batcat's JobSpec: the Docker backend and the SageMaker test
 fixture both call it with a plain request.
@@ -13,10 +18,12 @@ fixture both call it with a plain request.
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import threading
 import time
@@ -113,77 +120,81 @@ def run_request(
     stop: threading.Event | None = None,
     stop_grace: float = 10.0,
     extra_mounts: Mapping[str, str] | None = None,
-    network_mode: str = "host",
+    network_mode: str = "bridge",
     resources: ContainerResources | None = None,
     user: str | None = None,
     extra_env: Mapping[str, str] | None = None,
+    s3: Any = None,
 ) -> ProcessingOutcome:
     """Run a ``create_processing_job`` request in a local container, as SageMaker would.
 
     ``extra_mounts`` (host dir -> container dir, read-write) and ``extra_env`` (variables the
-    job's config does not record, e.g. credentials) are local additions; ``user`` overrides the
-    image's USER. Outputs are collected whatever the outcome; the container is always removed.
+    job's config does not record, e.g. credentials) are local additions; ``network_mode`` is the
+    network of a job the request does not isolate; ``user`` overrides the image's USER; ``s3`` is
+    the client that moves the channels (default: this process's credentials). The container is
+    always removed.
     """
     client = client or docker_client()
     stop = stop or threading.Event()
     if stop.is_set():
         return ProcessingOutcome(-1, STOPPED, "stopped before the container started")
-    stage = _Stage(request)
+    stage = _Stage(request, s3)
     try:
         try:
-            binds = stage.prepare()
+            stage.prepare()
         except Exception as exc:  # an input SageMaker could not download either
             log.debug("cannot prepare %s", request["ProcessingJobName"], exc_info=True)
             return ProcessingOutcome(-1, FAILED, f"ClientError: {_first_line(exc)}")
-        binds += [(host, target, False) for host, target in (extra_mounts or {}).items()]
+        if (request.get("NetworkConfig") or {}).get("EnableNetworkIsolation"):
+            network_mode = "none"
+        binds = [(host, target, False) for host, target in (extra_mounts or {}).items()]
         container = _Container(client, request, binds, network_mode, resources, user, extra_env)
         try:
-            outcome = container.run(on_log, stop, stop_grace)
+            outcome = container.run(stage, on_log, stop, stop_grace)
+            if container.container is not None:
+                outcome.exit_message = container.read_message()
+                if outcome.status == FAILED and not outcome.failure_reason:
+                    detail = outcome.exit_message.strip().splitlines()[:1] or [
+                        f"exit code {outcome.exit_code}"
+                    ]
+                    outcome.failure_reason = f"AlgorithmError: {detail[0]}"
+                upload_error = stage.collect_outputs(container, completed=outcome.status == COMPLETED)
+                if upload_error and outcome.status == COMPLETED:
+                    outcome.status, outcome.failure_reason = FAILED, upload_error
         finally:
             container.remove()
-        outcome.exit_message = stage.exit_message()
-        if outcome.status == FAILED and not outcome.failure_reason:
-            detail = outcome.exit_message.strip().splitlines()[:1] or [f"exit code {outcome.exit_code}"]
-            outcome.failure_reason = f"AlgorithmError: {detail[0]}"
-        upload_error = stage.collect_outputs()
-        if upload_error and outcome.status == COMPLETED:
-            outcome.status, outcome.failure_reason = FAILED, upload_error
         return outcome
     finally:
         stage.remove()
 
 
 class _Stage:
-    """The host side of ``/opt/ml``: config, downloaded inputs, output directories, message."""
+    """The platform's side of ``/opt/ml``: config, downloaded inputs and empty output channels,
+    packed as root-owned 0755 folders; the outputs, copied back out at the end."""
 
-    def __init__(self, request: Mapping[str, Any]) -> None:
+    def __init__(self, request: Mapping[str, Any], s3: Any = None) -> None:
         self.request = request
-        self.root = Path(tempfile.mkdtemp(prefix=f"batcat-{request['ProcessingJobName']}-"))
+        self.s3 = s3
+        self.root = Path(tempfile.mkdtemp(prefix=f"batcat-{request['ProcessingJobName']}-"))  # 0700
         self.layout = JobLayout(self.root)
+        self.archive = self.root / "platform.tar"
 
-    def prepare(self) -> list[Bind]:
-        """Write the config, fetch the inputs; return the bind mounts for all of it."""
-        self.root.chmod(0o755)  # any container user may read what we stage
-        config = self.layout.config_dir
-        config.mkdir(parents=True)
-        (config / "processingjobconfig.json").write_text(json.dumps(job_config(self.request), indent=2))
+    def prepare(self) -> None:
+        """Fetch the inputs and pack everything the platform puts in the container."""
         count = self.request["ProcessingResources"]["ClusterConfig"].get("InstanceCount", 1)
         hosts = [f"algo-{i}" for i in range(1, count + 1)]
-        (config / "resourceconfig.json").write_text(json.dumps({"current_host": HOSTNAME, "hosts": hosts}))
-        binds = [(str(config), str(CONTAINER.config_dir), True)]
-        message_dir = self.layout.message_file.parent
-        message_dir.mkdir(parents=True)
-        message_dir.chmod(0o777)
-        binds.append((str(message_dir), str(CONTAINER.message_file.parent), False))
-        for item in self.request.get("ProcessingInputs", []):
-            s3 = item["S3Input"]
-            source = self._fetch(item["InputName"], s3["S3Uri"])
-            binds.append((str(source), s3["LocalPath"], True))
-        for name, _uri, local in self.outputs():
-            self.layout.output(name).mkdir(parents=True)
-            self.layout.output(name).chmod(0o777)
-            binds.append((str(self.layout.output(name)), local, False))
-        return binds
+        with tarfile.open(self.archive, "w") as tar:
+            _add_dir(tar, CONTAINER.config_dir)
+            _add_file(tar, CONTAINER.config_dir / "processingjobconfig.json", job_config(self.request))
+            _add_file(
+                tar, CONTAINER.config_dir / "resourceconfig.json", {"current_host": HOSTNAME, "hosts": hosts}
+            )
+            _add_dir(tar, CONTAINER.message_file.parent)
+            for item in self.request.get("ProcessingInputs", []):
+                s3 = item["S3Input"]
+                _add_tree(tar, self._fetch(item["InputName"], s3["S3Uri"]), s3["LocalPath"])
+            for _name, _uri, local, _mode in self.outputs():
+                _add_dir(tar, Path(local))
 
     def _fetch(self, name: str, uri: str) -> Path:
         if not is_s3(uri):
@@ -193,31 +204,29 @@ class _Stage:
             return source
         target = self.layout.input(name)
         target.mkdir(parents=True)
-        download(uri, target)
+        download(uri, target, self.s3)
         if not any(target.iterdir()):
             raise UsageError(f"input '{name}': no objects under {uri}")
         return target
 
-    def outputs(self) -> Iterator[tuple[str, str, str]]:
+    def outputs(self) -> Iterator[tuple[str, str, str, str]]:
         for item in self.request.get("ProcessingOutputConfig", {}).get("Outputs", []):
             s3 = item["S3Output"]
-            yield item["OutputName"], s3["S3Uri"], s3["LocalPath"]
+            yield item["OutputName"], s3["S3Uri"], s3["LocalPath"], s3.get("S3UploadMode", "EndOfJob")
 
-    def exit_message(self) -> str:
-        try:
-            raw = self.layout.message_file.read_bytes()[:MESSAGE_LIMIT]
-        except OSError:
-            return ""
-        return raw.decode(errors="ignore")
-
-    def collect_outputs(self) -> str | None:
-        """Upload or copy every output (EndOfJob); the first problem, if any."""
+    def collect_outputs(self, container: _Container, completed: bool) -> str | None:
+        """Copy the outputs out and upload them: Continuous ones always, EndOfJob ones only for a
+        completed job. The first problem, if any."""
         problem = None
-        for name, uri, _ in self.outputs():
+        for name, uri, local, mode in self.outputs():
+            if mode != "Continuous" and not completed:
+                log.debug("output '%s' (EndOfJob) not uploaded: the job did not complete", name)
+                continue
             source = self.layout.output(name)
             try:
+                container.copy_out(local, source)
                 if is_s3(uri):
-                    upload(source, uri)
+                    upload(source, uri, self.s3)
                 else:
                     shutil.copytree(source, local_path(uri), dirs_exist_ok=True, symlinks=True)
             except Exception as exc:
@@ -229,8 +238,68 @@ class _Stage:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _platform_owned(info: tarfile.TarInfo, mode: int) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    info.mode = mode
+    info.mtime = int(time.time())
+    return info
+
+
+def _add_dir(tar: tarfile.TarFile, path: Path) -> None:
+    info = _platform_owned(tarfile.TarInfo(str(path).lstrip("/")), 0o755)
+    info.type = tarfile.DIRTYPE
+    tar.addfile(info)
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, content: Any) -> None:
+    data = json.dumps(content, indent=2).encode()
+    info = _platform_owned(tarfile.TarInfo(str(path).lstrip("/")), 0o644)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_tree(tar: tarfile.TarFile, source: Path, target: str) -> None:
+    """``source`` (a file or a folder) at ``target``: folders 0755, files 0644, owned by root."""
+    _add_dir(tar, Path(target))
+    paths = [source] if source.is_file() else sorted(source.rglob("*"))
+    for path in paths:
+        relative = path.name if path == source else path.relative_to(source).as_posix()
+        name = f"{target.lstrip('/')}/{relative}"
+        if path.is_dir() and not path.is_symlink():
+            _add_dir(tar, Path("/" + name))
+        elif path.is_file():  # links are followed, as a download would; nothing else is copied
+            with path.open("rb") as handle:
+                info = _platform_owned(tar.gettarinfo(fileobj=handle, arcname=name), 0o644)
+                info.type = tarfile.REGTYPE
+                tar.addfile(info, handle)
+
+
+def _extract(stream: Iterable[bytes], destination: Path) -> None:
+    """A ``docker cp`` archive of one folder into ``destination``, as this process's user: the
+    folder's own name stripped, nothing outside ``destination``, no devices, no owner kept."""
+    with tempfile.TemporaryFile() as buffer:
+        for chunk in stream:
+            buffer.write(chunk)
+        buffer.seek(0)
+        destination.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=buffer) as tar:
+            for member in tar.getmembers():
+                parts = member.name.split("/", 1)
+                if len(parts) < 2 or not parts[1]:
+                    continue
+                member.name = parts[1]
+                try:
+                    safe = tarfile.data_filter(member, str(destination))
+                except tarfile.FilterError as exc:
+                    log.warning("not copied out of the container: %s", exc)
+                    continue
+                tar.extract(safe, destination, filter="fully_trusted")
+
+
 class _Container:
-    """One container of one job: started, streamed, stopped when asked, inspected, removed."""
+    """One container of one job: created, filled, started, streamed, stopped when asked,
+    emptied of its outputs, removed."""
 
     def __init__(
         self,
@@ -258,6 +327,7 @@ class _Container:
             network_mode=network_mode,
             mounts=[Mount(target, source, type="bind", read_only=ro) for source, target, ro in binds],
             labels={JOB_LABEL: request["ProcessingJobName"]},
+            stop_signal="SIGINT",  # what Processing sends a stopped job, SIGKILL after the grace
             **(resources.docker_kwargs() if resources else {}),
         )
         if user:
@@ -266,7 +336,11 @@ class _Container:
         self.container: Any = None
 
     def run(
-        self, on_log: Callable[[str], None] | None, stop: threading.Event, stop_grace: float
+        self,
+        stage: _Stage,
+        on_log: Callable[[str], None] | None,
+        stop: threading.Event,
+        stop_grace: float,
     ) -> ProcessingOutcome:
         import docker.errors
 
@@ -274,6 +348,8 @@ class _Container:
         try:
             self.container = self.client.containers.create(image, **self.kwargs)
             _watch(self.container.id, self.client)
+            with stage.archive.open("rb") as archive:
+                self.container.put_archive("/", archive)
             self.container.start()
         except docker.errors.ImageNotFound:
             return ProcessingOutcome(-1, FAILED, f"ClientError: image {image} not found")
@@ -295,6 +371,23 @@ class _Container:
             limit = self.kwargs.get("mem_limit")
             reason = f"OutOfMemory: the container used more than its memory limit ({limit or 'host'})"
         return ProcessingOutcome(exit_code, FAILED, reason, oom_killed=oom)
+
+    def copy_out(self, path: str, destination: Path) -> None:
+        """The container's folder ``path`` into ``destination`` (the container has exited)."""
+        stream, _ = self.container.get_archive(path)
+        _extract(stream, destination)
+
+    def read_message(self) -> str:
+        """The first KB of ``/opt/ml/output/message``, or ''."""
+        try:
+            stream, _ = self.container.get_archive(str(CONTAINER.message_file))
+        except Exception:
+            return ""
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.next()
+            handle = tar.extractfile(member) if member is not None else None
+            raw = handle.read(MESSAGE_LIMIT) if handle is not None else b""
+        return raw.decode(errors="ignore")
 
     def _wait(self, stop: threading.Event, grace: float) -> tuple[int, str | None]:
         """Block until the container exits; stop it when asked or past MaxRuntimeInSeconds."""
@@ -326,7 +419,7 @@ class _Container:
         return int(result.get("StatusCode", -1)), stopped_by
 
     def _stop(self, grace: float) -> None:
-        """SIGTERM now, SIGKILL after ``grace`` seconds (``docker stop``), without blocking."""
+        """SIGINT now, SIGKILL after ``grace`` seconds (``docker stop``), without blocking."""
 
         def stop() -> None:
             try:

@@ -38,7 +38,7 @@ from typing import Any
 
 from ..._version import PACKAGE_DIR, __version__
 from ...config import cache_dir
-from ...contract import RUNNER_REPOSITORY
+from ...contract import PLATFORM, RUNNER_REPOSITORY
 from ...errors import ImageBuildError, UsageError
 from ...provenance import project_dir
 from ...redact import mask_uri
@@ -64,6 +64,7 @@ class RunnerImage:
     base_image: str
     built: bool  # False when an existing image was reused
     seconds: float = 0.0
+    architecture: str = "amd64"  # SageMaker runs amd64 only
 
 
 @dataclass
@@ -113,7 +114,7 @@ def ensure_image(
         built = True
     if extra_tag:
         image.tag(*_split_tag(extra_tag))
-    return RunnerImage(tag, image.id, base, built, time.monotonic() - started)
+    return RunnerImage(tag, image.id, base, built, time.monotonic() - started, _architecture(image))
 
 
 def existing_image(client: Any, name: str) -> RunnerImage:
@@ -122,7 +123,11 @@ def existing_image(client: Any, name: str) -> RunnerImage:
     if image is None:
         raise UsageError(f"image {name} not found; build one with `batcat build` or pull it first")
     base = image.labels.get("io.batcat.base-image", "")
-    return RunnerImage(name, image.id, base, built=False)
+    return RunnerImage(name, image.id, base, built=False, architecture=_architecture(image))
+
+
+def _architecture(image: Any) -> str:
+    return str(image.attrs.get("Architecture") or "amd64")
 
 
 def resolve_base_image(client: Any, name: str | None) -> tuple[str, str]:
@@ -273,6 +278,7 @@ class _Build:
             buildargs=buildargs,
             labels=labels,
             network_mode="none" if offline else "host",
+            platform=PLATFORM,  # for SageMaker, whose instances are all x86, whatever this host is
             rm=True,
             forcerm=True,
             decode=True,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import parse_pairs
-from ...contract import include_paths
+from ...contract import check_request, include_paths, on_loopback, request_tags
 from ...errors import BackendError, UsageError
 from ...layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
 from ...manifest import FAILED, KILLED, RUNNING
@@ -34,10 +33,6 @@ from ...tracking import TAG_IMAGE
 from ..base import JobHandle
 from . import aws
 from .jobs import (
-    JOB_TAG_EXPERIMENT_ID,
-    JOB_TAG_NOTEBOOK,
-    JOB_TAG_RUN_ID,
-    JOB_TAG_TRACKING_URI,
     STATUS,
     TERMINAL,
     LogFollower,
@@ -59,8 +54,6 @@ TAG_CONSOLE = "batcat.sagemaker.console"
 TAG_FAILURE_REASON = "batcat.sagemaker.failure_reason"
 TAG_EXIT_MESSAGE = "batcat.sagemaker.exit_message"
 
-_TAG_VALUE = re.compile(r"[\w\s.:/=+\-@]{0,256}")
-
 
 @dataclasses.dataclass
 class SageMakerConfig:
@@ -77,6 +70,7 @@ class SageMakerConfig:
     subnets: list[str] | None = None
     security_groups: list[str] | None = None
     kms_key: str | None = None  # KMS key for the outputs and the instance volume
+    network_isolation: bool = False  # EnableNetworkIsolation: the container has no network at all
     env: dict[str, str] | str | None = None  # NAME=VALUE,... from the environment or pyproject
     include: list[str] | None = None  # files or directories staged beside the notebook
     poll_interval: float = 30.0  # longest wait between two status polls, seconds
@@ -163,8 +157,13 @@ class SageMakerBackend:
         for destination in spec.outputs.values():
             if is_s3(destination):
                 split_s3(destination)
-        draft = _request(spec, resolved, _draft_tracking_env(spec))
-        aws.validate_request("sagemaker", "CreateProcessingJob", draft)
+        check_request(_request(spec, resolved, _draft_tracking_env(spec)))
+        if not _tracking_reachable(spec.tracking_uri):
+            log.warning(
+                "a job on SageMaker cannot reach this tracking store (a sqlite: file or a server on "
+                "this machine's loopback): it gets no MLFLOW_* variables, and its run will be "
+                "completed from the job's manifest when batcat fetches its outputs"
+            )
         check_bucket(bucket, region)
         if config.check_image:
             check_image(resolved.image, region)
@@ -218,10 +217,15 @@ def check_bucket(bucket: str, region: str) -> None:
 
 
 def _tracking_reachable(uri: str) -> bool:
-    """Can a job on AWS log to this store itself? A server or a SageMaker managed MLflow can,
-    unless its URI holds a credential, which the job's environment would show in its
-    description: then the launcher completes the run from the manifest instead."""
-    return uri.startswith(("http://", "https://", "arn:")) and without_credentials(uri) == uri
+    """Can a job on AWS log to this store itself? A server it can route to, or a SageMaker managed
+    MLflow; never a ``sqlite:`` file or a server on this machine's loopback, nor a URI holding a
+    credential, which the job's environment would show in its description: then the launcher
+    completes the run from the manifest instead."""
+    if uri.startswith("arn:"):
+        return True
+    if not uri.startswith(("http://", "https://")):
+        return False
+    return not on_loopback(uri) and without_credentials(uri) == uri
 
 
 def _draft_tracking_env(spec: JobSpec) -> dict[str, str]:
@@ -269,6 +273,8 @@ def _request(spec: JobSpec, resolved: _Resolved, tracking_env: dict[str, str]) -
         instance_count=config.instance_count,
         volume_gb=config.volume_size,
         max_runtime=max_runtime,
+        tags=request_tags(spec),
+        network_isolation=config.network_isolation,
     )
     if config.subnets:
         request.setdefault("NetworkConfig", {})["VpcConfig"] = {
@@ -278,14 +284,6 @@ def _request(spec: JobSpec, resolved: _Resolved, tracking_env: dict[str, str]) -
     if config.kms_key:
         request["ProcessingOutputConfig"]["KmsKeyId"] = config.kms_key
         request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] = config.kms_key
-    tags = {**spec.tags, JOB_TAG_NOTEBOOK: spec.notebook_file}
-    if spec.run_id:
-        tags[JOB_TAG_RUN_ID] = spec.run_id
-        tags[JOB_TAG_EXPERIMENT_ID] = spec.experiment_id or ""
-    stored_uri = without_credentials(spec.tracking_uri)  # the user's own credentials reconnect
-    if _TAG_VALUE.fullmatch(stored_uri):
-        tags[JOB_TAG_TRACKING_URI] = stored_uri
-    request["Tags"] = [{"Key": k, "Value": str(v)} for k, v in tags.items()]
     return request
 
 
@@ -347,7 +345,7 @@ class SageMakerHandle(JobHandle):
             tracking = run_env(self.tracker.uri, self.spec.run_id, self.spec.experiment_id)
         request = _request(self.spec, self.resolved, tracking)
         try:
-            aws.validate_request("sagemaker", "CreateProcessingJob", request)
+            check_request(request)
             sagemaker = aws.client("sagemaker", self.region)
             self.job_arn = aws.retry_call(sagemaker.create_processing_job, **request)["ProcessingJobArn"]
         except Exception as exc:

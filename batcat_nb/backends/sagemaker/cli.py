@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from ... import contract
+
 SECTION = "SageMaker"
 # The SageMaker options of ``batcat run`` and ``batcat submit``: click's arguments; each one's
 # destination is its SageMakerConfig key.
@@ -71,8 +73,8 @@ def status(job: str, region: str | None) -> None:
         rows.append(("image", image))
     rows += [(f"output {name}", uri) for name, uri in sagemaker_jobs.output_uris(found).items()]
     tags = sagemaker_jobs.job_tags(found, found.get("ProcessingJobArn", "").split(":")[3] or region)
-    if tags.get(sagemaker_jobs.JOB_TAG_RUN_ID):
-        rows.append(("mlflow run", tags[sagemaker_jobs.JOB_TAG_RUN_ID]))
+    if tags.get(contract.JOB_TAG_RUN_ID):
+        rows.append(("mlflow run", tags[contract.JOB_TAG_RUN_ID]))
     width = max(len(label) for label, _ in rows)
     click.echo(job)
     for label, value in rows:
@@ -191,7 +193,7 @@ def complete_run(description: dict[str, Any], output_dir: Path, region: str) -> 
     from . import jobs as sagemaker_jobs
 
     tags = sagemaker_jobs.job_tags(description, region)
-    run_id = tags.get(sagemaker_jobs.JOB_TAG_RUN_ID)
+    run_id = tags.get(contract.JOB_TAG_RUN_ID)
     if not run_id:
         return None
     tracker = Tracker(sagemaker_jobs.tracking_uri(tags))

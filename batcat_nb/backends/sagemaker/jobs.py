@@ -23,17 +23,12 @@ STATUS = {
     "Stopped": KILLED,
 }
 
-# Tags on the processing job, so that `batcat download JOB` finds the run to complete later.
-JOB_TAG_RUN_ID = "batcat:mlflow-run-id"
-JOB_TAG_EXPERIMENT_ID = "batcat:mlflow-experiment-id"
-JOB_TAG_TRACKING_URI = "batcat:mlflow-tracking-uri"
-JOB_TAG_NOTEBOOK = "batcat:notebook"
-
 
 def tracking_uri(tags: dict[str, str]) -> str:
     """The store of a job's run. The tag holds its URI without credentials: when this user's
     own ``MLFLOW_TRACKING_URI`` is that URI with credentials, it is used; otherwise MLflow's
     ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (or token) supply them."""
+    from ...contract import JOB_TAG_TRACKING_URI
     from ...redact import without_credentials
     from ...tracking import default_tracking_uri
 

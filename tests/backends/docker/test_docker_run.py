@@ -361,3 +361,154 @@ def test_requirement_that_breaks_the_runtime_stack_fails_at_its_dockerfile_step(
     assert "building the runner image failed at Step" in error and "user-requirements.txt" in error
     assert "returned a non-zero code" in error and tail[0] == "last lines of the build log:"
     assert "has requirement nbformat" in done.stderr  # pip check's verdict, from the log's tail
+
+
+SEES = """
+import json, os, pathlib
+mounts = [line.split()[4] for line in pathlib.Path('/proc/self/mountinfo').read_text().splitlines()]
+system = ('/proc', '/sys', '/dev', '/etc/hostname', '/etc/hosts', '/etc/resolv.conf')
+cgroup = pathlib.Path('/sys/fs/cgroup/memory/memory.limit_in_bytes')
+if not cgroup.exists():
+    cgroup = pathlib.Path('/sys/fs/cgroup/memory.max')
+print('SEES', json.dumps({
+    'mounts': sorted(m for m in mounts if m != '/' and not m.startswith(system)),
+    'interfaces': sorted(os.listdir('/sys/class/net')),
+    'memory': int(cgroup.read_text()),
+}))
+"""
+
+
+def test_job_sees_its_channels_config_and_store_and_nothing_else_of_the_host(
+    project, experiment, runner, tracking_uri
+):
+    (project / ".env").write_text("API_TOKEN=secret\n")
+    nb = write_notebook(project / "sees.ipynb", None, SEES)
+    result = run_in_docker(
+        nb, runner, experiment=experiment, backend_options={"instance_type": "ml.t3.medium"}
+    )
+    assert result.status == "FINISHED", result.reason
+    notebook = nbformat.read(result.output_notebook, as_version=4)
+    text = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    seen = json.loads(text.split("SEES ", 1)[1])
+    store = str(Path(tracking_uri.removeprefix("sqlite:///")).parent)
+    assert seen["mounts"] == [store]  # the store's own folder; channels and config are copied in
+    assert seen["interfaces"] == ["eth0", "lo"]  # Docker's bridge, not the host's network
+    assert seen["memory"] == 4 * 1024**3  # ml.t3.medium: 4 GiB
+
+
+def test_stop_ends_killed_with_the_partial_notebook_whatever_the_notebook_does_with_ctrl_c(
+    project, experiment, runs_of, runner, engine
+):
+    stubborn = (
+        "import time\n"
+        "try:\n"
+        "    time.sleep(300)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('caught, going on')\n"
+        "time.sleep(300)"
+    )
+    nb = write_notebook(project / "stubborn.ipynb", None, "print('started', flush=True)", stubborn)
+    handle = batcat_nb.submit(
+        str(nb),
+        backend="docker",
+        backend_options={"image": runner.image.tag},
+        experiment=experiment,
+        log_output=True,
+    )
+    deadline = time.monotonic() + 60
+    while "started" not in handle.logs():
+        assert time.monotonic() < deadline, handle.logs()
+        time.sleep(0.2)
+    handle.cancel()
+    result = handle.wait(timeout=60)
+    assert result.status == "KILLED"
+    output = Path(result.output_notebook)
+    assert "started" in output.read_text()  # the partial notebook, written by the worker
+    manifest = json.loads((output.parent / "batcat-manifest.json").read_text())
+    assert manifest["status"] == "KILLED" and manifest["reason"] == "stopped by SIGINT"  # as Processing stops
+    assert runs_of(experiment)[0].info.status == "KILLED"
+    assert job_containers(engine) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"timeout": 800_000}, "MaxRuntimeInSeconds=800060 is above the maximum 777600"),
+        ({"backend_options": {"env": {"BAD-KEY": "1"}}}, "Environment key 'BAD-KEY'"),
+        ({"outputs": {f"o{i}": f"out{i}" for i in range(10)}}, "Outputs has 11 items, at most 10"),
+    ],
+)
+def test_a_request_sagemaker_would_refuse_is_refused_before_a_container_runs(
+    project, experiment, runner, engine, options, problem
+):
+    nb = write_notebook(project / "nb.ipynb", None, "1")
+    before = {c.id for c in engine.containers.list(all=True)}
+    with pytest.raises(UsageError, match="CreateProcessingJob request refused before sending") as refused:
+        run_in_docker(nb, runner, experiment=experiment, **options)
+    assert problem in str(refused.value)
+    assert {c.id for c in engine.containers.list(all=True)} == before
+
+
+@pytest.fixture
+def iam_enforced(moto_server, monkeypatch):
+    """From here on moto evaluates IAM (INITIAL_NO_AUTH_ACTION_COUNT) for every call, made as a user
+    who may only assume roles and list buckets."""
+    from moto import settings
+
+    iam = boto3.client("iam")
+    name = f"batcat-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=name)
+    allow = {"Effect": "Allow", "Action": ["sts:AssumeRole", "s3:ListBucket"], "Resource": "*"}
+    iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=policy(allow))
+    keys = iam.create_access_key(UserName=name)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys["SecretAccessKey"])
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it cached the previous credentials
+    monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    return name
+
+
+def policy(*statements: dict) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": list(statements)})
+
+
+def role_reading(bucket: str, prefix: str) -> str:
+    """A role that may read ``s3://bucket/prefix*`` and nothing else."""
+    iam = boto3.client("iam")
+    name = f"batcat-job-{uuid.uuid4().hex[:8]}"
+    trust = {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}
+    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=policy(trust))["Role"]["Arn"]
+    read = {
+        "Effect": "Allow",
+        "Action": ["s3:ListBucket", "s3:GetObject"],
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{prefix}*"],
+    }
+    iam.put_role_policy(RoleName=name, PolicyName="read", PolicyDocument=policy(read))
+    return str(arn)
+
+
+def test_as_role_moves_the_data_with_the_roles_rights_and_no_more(
+    project, experiment, runner, s3_bucket, request
+):
+    s3 = boto3.client("s3")
+    for prefix in ("allowed", "denied"):
+        s3.put_object(Bucket=s3_bucket, Key=f"{prefix}/a.csv", Body=b"x\n1\n")
+    role = role_reading(s3_bucket, "allowed/")
+    request.getfixturevalue("iam_enforced")
+    nb = write_notebook(project / "nb.ipynb", "input_dir = ''", "import os; print(os.listdir(input_dir))")
+
+    def run(prefix: str):
+        options = {"role": role, "as_role": True}
+        return run_in_docker(
+            nb,
+            runner,
+            experiment=experiment,
+            inputs={"input": f"s3://{s3_bucket}/{prefix}"},
+            backend_options=options,
+        )
+
+    allowed = run("allowed")
+    assert allowed.status == "FINISHED", allowed.reason
+    denied = run("denied")  # the user may list it; the role may not: the job fails as on SageMaker
+    assert denied.status == "FAILED" and "Forbidden" in denied.reason, denied.reason

@@ -9,7 +9,7 @@ import pytest
 
 from batcat_nb.backends.docker import image as images
 from batcat_nb.backends.docker.backend import docker_config
-from batcat_nb.contract import build_request, file_uri, local_path
+from batcat_nb.contract import build_request, check_request, file_uri, local_path
 from batcat_nb.errors import ConfigError, UsageError
 
 
@@ -104,3 +104,43 @@ def test_batcat_wheel_is_reproducible_and_carries_the_papermill_engine(tmp_path)
         assert (
             "batcat = batcat_nb.engine:BatcatEngine" in wheel.read(f"{dist_info}/entry_points.txt").decode()
         )
+
+
+def test_instance_type_gives_the_container_its_vcpus_and_memory(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    resources = docker_config({"instance_type": "ml.m5.large"}).resources()
+    assert (resources.cpus, resources.memory) == (2, "8192m")  # 2 vCPUs, 8 GiB
+    resources = docker_config({"instance_type": "ml.r5.xlarge", "memory": "1g"}).resources()
+    assert (resources.cpus, resources.memory) == (4, "1g")  # an explicit --memory wins
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert docker_config({"instance_type": "ml.m5.4xlarge"}).resources().cpus == 2  # what this host has
+    with pytest.raises(UsageError, match="did you mean 'ml.m5.large'"):
+        docker_config({"instance_type": "ml.m5.larg"})
+
+
+def test_network_isolation_and_another_network_contradict():
+    with pytest.raises(ConfigError, match="contradicts --network-isolation"):
+        docker_config({"network_isolation": True, "network": "host"})
+    assert docker_config({}).container_user() is None  # the image's own USER, as on SageMaker
+
+
+def test_notebook_channel_uploads_continuously_and_tag_values_follow_sagemakers_pattern():
+    request = make_request(tags={"batcat:notebook": "Sales Report (v2).ipynb"})
+    modes = {
+        o["OutputName"]: o["S3Output"]["S3UploadMode"] for o in request["ProcessingOutputConfig"]["Outputs"]
+    }
+    assert modes == {"notebook": "Continuous", "report": "EndOfJob"}  # a failed job's notebook reaches S3
+    assert request["Tags"] == [{"Key": "batcat:notebook", "Value": "Sales Report _v2_.ipynb"}]
+    check_request(request)
+
+
+def test_a_local_run_of_an_image_sagemaker_cannot_run_says_so(caplog):
+    from batcat_nb.backends.docker.backend import warn_if_not_for_sagemaker
+
+    with caplog.at_level("WARNING", logger="batcat_nb"):
+        warn_if_not_for_sagemaker(images.RunnerImage("x:1", "sha256:1", "", False, architecture="amd64"))
+        assert caplog.text == ""
+        warn_if_not_for_sagemaker(images.RunnerImage("x:1", "sha256:1", "", False, architecture="arm64"))
+    assert "image x:1 is built for arm64; SageMaker runs linux/amd64 only" in caplog.text

@@ -1,5 +1,7 @@
-"""The SageMaker backend against a moto server that runs its jobs (no Docker here: the worker runs
-in a subprocess over a local /opt/ml; tests/test_sagemaker_docker.py runs the same in the image)."""
+"""The SageMaker backend against a moto server that runs its jobs. End-to-end tests run them in the
+runner image built from the current source, through the strict emulation (``in_runner_image``);
+tests of the launcher's logic (stops of a job that stays InProgress, polling, refusals) need no
+job to run or use the subprocess runner, and say so."""
 
 from __future__ import annotations
 
@@ -59,8 +61,9 @@ def request_for(notebook: Path, options: dict[str, Any], experiment: str, **fiel
 # submit -> the notebook runs -> outputs in S3 -> status -> the MLflow run complete
 
 
+@pytest.mark.docker
 def test_notebook_runs_as_a_processing_job_and_completes_its_mlflow_run(
-    train, options, bucket, experiment, fake_sagemaker, mlflow_client, runs_of
+    train, options, bucket, experiment, in_runner_image, mlflow_client, runs_of
 ):
     options = {**options, "include": ["helper.py"], "env": {"GREETING": "hi"}}
     request = request_for(
@@ -91,7 +94,7 @@ def test_notebook_runs_as_a_processing_job_and_completes_its_mlflow_run(
         assert f"jobs/{job}/output/notebook/{name}" in keys
     assert f"jobs/{job}/output/report/report.txt" in keys
 
-    sent = fake_sagemaker.requests[job]
+    sent = in_runner_image.requests[job]
     assert sent["Environment"] == {"GREETING": "hi"}  # sqlite store: the run is reconciled instead
     job_json = json.loads(_s3_text(bucket, f"jobs/{job}/input/batcat/job.json"))
     assert job_json["parameters"] == {"alpha": 2.0}  # parameters travel as a file, not as env
@@ -112,10 +115,15 @@ def test_notebook_runs_as_a_processing_job_and_completes_its_mlflow_run(
     assert "sagemaker" not in sys.modules  # the submission path is boto3 alone
 
 
-def test_job_log_streams_from_cloudwatch(train, options, experiment, fake_sagemaker):
+@pytest.mark.docker
+def test_job_log_streams_from_cloudwatch(train, options, experiment, in_runner_image):
     lines: list[str] = []
     options = {**options, "include": ["helper.py"]}
-    handle = api.submit(request_for(train, options, experiment, log_output=True, inputs={"data": "data"}))
+    # report_dir must be an output: the code channel, the notebook's cwd, is the platform's (read-only)
+    request = request_for(
+        train, options, experiment, log_output=True, inputs={"data": "data"}, outputs={"report": "r"}
+    )
+    handle = api.submit(request)
     handle._echo = lines.append
     result = handle.wait()
     assert result.status == "FINISHED", result.reason
@@ -125,8 +133,9 @@ def test_job_log_streams_from_cloudwatch(train, options, experiment, fake_sagema
     assert "rows ['a.csv']" in log_file.read_text()
 
 
+@pytest.mark.docker
 def test_failed_job_shows_the_reason_and_keeps_the_executed_notebook(
-    project, options, experiment, fake_sagemaker, runs_of
+    project, options, experiment, in_runner_image, runs_of
 ):
     notebook = write_notebook(project / "broken.ipynb", "x = 1", "raise ValueError('no data for x')")
     result = api.run(request_for(notebook, options, experiment))
@@ -147,7 +156,8 @@ def test_failed_job_shows_the_reason_and_keeps_the_executed_notebook(
 def test_stop_requested_by_the_user_ends_the_run_killed(
     project, options, experiment, fake_sagemaker, runs_of
 ):
-    fake_sagemaker.runner = None  # the job stays InProgress until stopped
+    # logic: the job stays InProgress until stopped (a stop in the image: test_sagemaker_docker.py)
+    fake_sagemaker.runner = None
     notebook = write_notebook(project / "slow.ipynb", "x = 1", "import time; time.sleep(600)")
     handle = api.submit(request_for(notebook, options, experiment))
     assert handle.status() == "RUNNING"
@@ -190,6 +200,27 @@ def test_tracking_server_and_managed_mlflow_reach_the_job_through_its_environmen
         assert sent["Environment"]["MLFLOW_TRACKING_URI"] == uri
     assert sm._tracking_reachable("arn:aws:sagemaker:us-east-1:1:mlflow-tracking-server/t")
     assert not sm._tracking_reachable("sqlite:///mlflow.db")
+
+
+@pytest.mark.parametrize(
+    "uri", ["http://127.0.0.1:5000", "http://localhost:5000", "https://[::1]/", "sqlite:///x.db"]
+)
+def test_a_store_the_cloud_job_cannot_reach_is_never_handed_to_it(project, options, bucket, uri, caplog):
+    notebook = write_notebook(project / "nb.ipynb", "x = 1")
+    spec = api.resolve_spec(request_for(notebook, {**options, "check_image": False}, "e", tracking_uri=uri))
+    with caplog.at_level("WARNING", logger="batcat_nb"):
+        resolved = sm.SageMakerBackend()._resolve(spec)
+    assert not sm._tracking_reachable(uri)
+    assert not any(key.startswith("MLFLOW_") for key in sm._request(spec, resolved, {})["Environment"])
+    assert "will be completed from the job's manifest" in caplog.text
+
+
+def test_a_notebook_name_sagemaker_refuses_as_a_tag_is_tagged_in_a_form_it_accepts(project, options, bucket):
+    notebook = write_notebook(project / "Sales Report (v2).ipynb", "x = 1")
+    spec = api.resolve_spec(request_for(notebook, {**options, "check_image": False}, "e"))
+    resolved = sm.SageMakerBackend()._resolve(spec)  # refused before: tag value pattern
+    tags = {t["Key"]: t["Value"] for t in sm._request(spec, resolved, {})["Tags"]}
+    assert tags["batcat:notebook"] == "Sales Report _v2_.ipynb"
 
 
 def test_vpc_kms_and_resources_reach_the_request(project, options, bucket):

@@ -1,6 +1,7 @@
-"""SageMaker end to end with the real runner image: pushed to a real registry on 127.0.0.1, run by
-the fake SageMaker through the Docker backend's contract implementation, tracked on a real
-MLflow server that the job reaches itself."""
+"""SageMaker end to end in the real runner image, built from the current source: the SageMaker
+backend's own request, run by the fake SageMaker through the strict emulation (platform-owned
+folders, the image's user, the request's network, entrypoint and environment), for both example
+notebooks, a failing notebook and a stop. The image is also pushed to a real registry on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aws_fixtures import ROLE, docker_available, docker_runner, runner_image, s3_keys
-from conftest import require, write_notebook
+from aws_fixtures import ROLE, RUNNER_URI, docker_runner, s3_keys
+from conftest import EXAMPLES, write_notebook
 
 from batcat_nb import api
 from batcat_nb.backends.sagemaker import jobs as sagemaker_jobs
@@ -25,22 +27,13 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def runner() -> str:
-    require(docker_available(), "a running Docker engine (scripts/provision_docker.sh)")
-    image = runner_image()
-    require(image is not None, "the batcat runner image (batcat build, or $BATCAT_TEST_RUNNER_IMAGE)")
-    assert image is not None
-    return image
-
-
-@pytest.fixture(scope="module")
-def pushed(runner: str, local_registry: str, moto_server: str) -> Iterator[image_registry.PushResult]:
+def pushed(runner: Any, local_registry: str, moto_server: str) -> Iterator[image_registry.PushResult]:
     """The runner image pushed once for the module, as `batcat build --push` does (ECR login)."""
     from batcat_nb.backends.sagemaker import aws
 
     aws.reset()
     repository = f"{local_registry}/batcat-runner-{uuid.uuid4().hex[:6]}"
-    result = image_registry.push_image(runner, repository, ecr=True)
+    result = image_registry.push_image(runner.image.tag, repository, ecr=True)
     yield result
     aws.reset()
     with contextlib.suppress(Exception):  # the registry's name for the image, not the image
@@ -71,51 +64,125 @@ def test_push_creates_the_ecr_repository_logs_in_and_skips_what_the_registry_has
     found = boto3.client("ecr").describe_repositories(repositoryNames=[name])["repositories"]
     assert found[0]["repositoryName"] == name  # created because it was missing
 
-    again = image_registry.push_image(runner, repository, ecr=True)
+    again = image_registry.push_image(runner.image.tag, repository, ecr=True)
     assert not again.pushed and again.digest == pushed.digest
 
 
-def test_notebook_runs_in_the_runner_image_and_its_run_completes(
-    pushed, fake_sagemaker, mlflow_server, project, bucket, experiment
+def sagemaker_request(notebook: Path, bucket: str, experiment: str, image: str, **fields: Any) -> RunRequest:
+    options = {
+        "role": ROLE,
+        "s3_prefix": f"s3://{bucket}/jobs",
+        "image": image,
+        "instance_type": "ml.t3.medium",
+    }
+    options.update(fields.pop("backend_options", {}))
+    return RunRequest(
+        notebook=str(notebook), backend="sagemaker", experiment=experiment, backend_options=options, **fields
+    )
+
+
+def manifest_in_s3(bucket: str, job: str) -> dict[str, Any]:
+    import boto3
+
+    body = boto3.client("s3").get_object(
+        Bucket=bucket, Key=f"jobs/{job}/output/notebook/batcat-manifest.json"
+    )
+    return dict(json.loads(body["Body"].read()))
+
+
+def test_train_example_runs_in_the_runner_image_and_its_run_completes_from_the_manifest(
+    pushed, fake_sagemaker, mlflow_server, bucket, experiment, runs_of
 ):
     from mlflow.tracking import MlflowClient
 
     fake_sagemaker.runner = docker_runner()
-    (project / "helper.py").write_text("FACTOR = 3\n")
-    notebook = write_notebook(
-        project / "train.ipynb",
-        "alpha = 1.0",
-        "import batcat_nb, helper, mlflow\n"
-        "batcat_nb.record('score', alpha * helper.FACTOR)\n"
-        "mlflow.log_metric('from_inside', 7.0)",
-    )
-    request = RunRequest(
-        notebook=str(notebook),
-        backend="sagemaker",
-        experiment=experiment,
-        parameters={"alpha": 2.0},
+    request = sagemaker_request(
+        EXAMPLES / "train_diabetes.ipynb",
+        bucket,
+        experiment,
+        pushed.uri,
+        parameters={"alpha": 0.05},
         tracking_uri=mlflow_server,
-        backend_options={
-            "role": ROLE,
-            "s3_prefix": f"s3://{bucket}/jobs",
-            "image": pushed.uri,
-            "include": ["helper.py"],
-            "instance_type": "ml.t3.medium",
-        },
     )
     result = api.run(request)
 
     assert result.status == "FINISHED", result.reason
-    assert result.metrics == {"score": 6.0}
-    assert Path(result.output_notebook).exists()
     job = result.job_name
-    assert f"jobs/{job}/output/notebook/batcat-manifest.json" in s3_keys(bucket, f"jobs/{job}/")
     sent = fake_sagemaker.requests[job]
     assert sent["AppSpecification"]["ImageUri"] == pushed.uri
-    assert sent["Environment"]["MLFLOW_RUN_ID"] == result.run_id  # the job logs to the server itself
+    assert not any(k.startswith("MLFLOW_") for k in sent["Environment"])  # loopback: not reachable from AWS
     assert fake_sagemaker.outcomes[job].exit_code == 0
+    assert manifest_in_s3(bucket, job)["status"] == "FINISHED"
     assert sagemaker_jobs.describe_job(job)["ProcessingJobStatus"] == "Completed"
     run = MlflowClient(mlflow_server).get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics == {"score": 6.0, "from_inside": 7.0}
+    assert {"test.rmse", "test.r2"} <= set(run.data.metrics)  # completed from the job's manifest
     assert run.data.tags[TAG_IMAGE] == pushed.uri
+
+
+def test_sales_example_reads_its_input_and_writes_its_output_through_s3(
+    in_runner_image, bucket, experiment, project, runs_of
+):
+    request = sagemaker_request(
+        EXAMPLES / "sales_report.ipynb",
+        bucket,
+        experiment,
+        RUNNER_URI,
+        parameters={"min_units": 2},
+        inputs={"input": str(EXAMPLES / "data" / "sales")},
+        outputs={"output": f"s3://{bucket}/reports/sales"},
+    )
+    result = api.run(request)
+
+    assert result.status == "FINISHED", result.reason
+    assert "reports/sales/summary.csv" in s3_keys(bucket, "reports/")
+    [run] = runs_of(experiment)
+    assert run.data.metrics["total_revenue"] > 0
+    assert in_runner_image.requests[result.job_name]["AppSpecification"]["ImageUri"] == RUNNER_URI
+
+
+def test_failing_notebook_leaves_its_partial_notebook_and_manifest_in_s3(
+    in_runner_image, bucket, experiment, project, runs_of
+):
+    notebook = write_notebook(
+        project / "broken.ipynb", "x = 1", "print('reached', flush=True)", "raise ValueError('no data')"
+    )
+    result = api.run(sagemaker_request(notebook, bucket, experiment, RUNNER_URI))
+
+    assert result.status == "FAILED"
+    assert "ValueError: no data" in result.reason
+    job = result.job_name
+    keys = s3_keys(bucket, f"jobs/{job}/output/notebook/")
+    assert f"jobs/{job}/output/notebook/broken.ipynb" in keys  # a Continuous channel: also after a failure
+    manifest = manifest_in_s3(bucket, job)
+    assert manifest["status"] == "FAILED" and manifest["error"]["ename"] == "ValueError"
+    assert "reached" in Path(result.output_notebook).read_text()
+    assert sagemaker_jobs.describe_job(job)["ProcessingJobStatus"] == "Failed"
+    assert runs_of(experiment)[0].info.status == "FAILED"
+
+
+def test_a_stopped_job_ends_killed_with_its_partial_notebook_in_s3(
+    in_runner_image, bucket, experiment, project, runs_of
+):
+    import time
+
+    notebook = write_notebook(
+        project / "slow.ipynb", "x = 1", "print('started', flush=True)", "import time\ntime.sleep(300)"
+    )
+    handle = api.submit(sagemaker_request(notebook, bucket, experiment, RUNNER_URI, log_output=True))
+    deadline = time.monotonic() + 120
+    while "started" not in handle.logs():
+        assert time.monotonic() < deadline, handle.logs()
+        time.sleep(0.5)
+    handle.cancel("stopped by the test")
+    result = handle.wait(timeout=120)
+
+    assert result.status == "KILLED"
+    job = handle.job_name
+    manifest = manifest_in_s3(bucket, job)
+    assert (
+        manifest["status"] == "KILLED" and manifest["reason"] == "stopped by SIGINT"
+    )  # what Processing sends
+    assert "started" in Path(result.output_notebook).read_text()
+    assert sagemaker_jobs.describe_job(job)["ProcessingJobStatus"] == "Stopped"
+    assert runs_of(experiment)[0].info.status == "KILLED"
