@@ -55,13 +55,17 @@ class Runner:
 @pytest.fixture(scope="session")
 def engine() -> Any:
     """A client of the local Docker engine (scripts/provision_docker.sh starts one)."""
-    from batcat_nb.backends.docker.container import docker_client
+    from batcat_nb.backends.docker.container import JOB_LABEL, docker_client
     from batcat_nb.errors import BackendError
 
     try:
         client = docker_client()
     except BackendError as exc:
         require(False, f"a Docker engine ({exc})")
+    # An earlier session killed mid-test may have left its job's container behind: start clean,
+    # so that each test's "no container is left" speaks of this session only.
+    for stale in client.containers.list(all=True, filters={"label": JOB_LABEL, "status": "exited"}):
+        stale.remove(force=True)
     return client
 
 
