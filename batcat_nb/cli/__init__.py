@@ -13,8 +13,8 @@ import sys
 import click
 
 from ..backends import BACKEND_CLIS
-from ..errors import BatcatError
-from .exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
+from ..errors import BatcatError, ServiceError
+from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +45,8 @@ _add_commands()
 
 
 def main() -> None:
-    """Entry point: user mistakes become one line and exit 2, never a traceback."""
+    """Entry point: user mistakes become one line and exit 2, a service's failure one line and
+    exit 1 (as a failed run: the user did nothing wrong), never a traceback."""
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -54,6 +55,9 @@ def main() -> None:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except ServiceError as exc:
+        click.echo(f"batcat: error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
     except BatcatError as exc:
         click.echo(f"batcat: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
