@@ -266,16 +266,25 @@ def job_preamble(cwd: Path | None, env: dict[str, str], replace: bool = False) -
 
 
 def collect_records(manifest: Manifest, output_dir: Path) -> None:
-    """Fold what ``batcat_nb.record`` wrote into the manifest's metrics and artifacts."""
+    """Fold what ``batcat_nb.record`` wrote into the manifest's metrics and artifacts.
+
+    A line cut short (the kernel killed mid-write, a full disk) is skipped with a warning:
+    every good record is kept.
+    """
     path = output_dir / RECORDS_NAME
     if not path.exists():
         return
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        if entry["kind"] == "metric":
-            manifest.metrics.setdefault(entry["name"], []).append((entry["value"], entry["step"]))
-        else:
-            manifest.artifacts.append(entry["path"])
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            entry = json.loads(line)
+            if entry["kind"] == "metric":
+                point = (float(entry["value"]), int(entry["step"]))
+                manifest.metrics.setdefault(str(entry["name"]), []).append(point)
+            else:
+                manifest.artifacts.append(str(entry["path"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            if line.strip():
+                log.warning("%s line %d skipped (%s): %.80s", RECORDS_NAME, number, exc, line)
 
 
 def render_html(executed: Path) -> str | None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import BATCAT
+from conftest import BATCAT
 
 
 class _Unavailable(http.server.BaseHTTPRequestHandler):
