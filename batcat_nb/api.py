@@ -17,7 +17,7 @@ from .layout import RESERVED_CHANNELS
 from .notebook import load_notebook
 from .parameters import effective_parameters, given_only, recorded
 from .result import INTERRUPTED, RunResult
-from .spec import JobSpec, RunRequest, job_name
+from .spec import JOB_NAME_PATTERN, JobSpec, RunRequest, job_name
 from .storage import check_input, is_s3
 from .tracking import TAG_OUTPUT, Tracker, default_tracking_uri, run_tags
 
@@ -45,7 +45,9 @@ def resolve_spec(request: RunRequest) -> JobSpec:
         notebook, request.parameters, allow_unknown=request.allow_unknown_parameters
     )
     _check_channels(request.inputs, request.outputs)
-    name = job_name(notebook.name)
+    name = request.job_name or job_name(notebook.name)
+    if not JOB_NAME_PATTERN.fullmatch(name):
+        raise UsageError(f"job name {name!r}: use 1 to 63 letters, digits and '-', starting with a letter or digit")
     declared = [p.name for p in notebook.parameters() or []]
     spec = JobSpec(
         job_name=name,

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from .errors import UsageError
 from .manifest import FAILED, FINISHED, KILLED
 from .parameters import resolve_value
 from .result import INTERRUPTED, RunResult
-from .spec import RunRequest
+from .spec import RunRequest, job_name
 
 log = logging.getLogger("batcat_nb")
 
@@ -167,7 +168,11 @@ class _Sweep:
             raise UsageError("the sweep has no combinations: give --grid NAME=V1,V2 or --sweep FILE")
         self.request = request
         self.base = request.base
-        self.specs = [api.resolve_spec(self._child_request(c)) for c in request.combinations]
+        names = job_names(Path(self.base.notebook).stem, len(request.combinations))
+        self.specs = [
+            api.resolve_spec(self._child_request(c, name))
+            for c, name in zip(request.combinations, names, strict=True)
+        ]
         first = self.specs[0]
         self.backend = registry.get(first.backend)
         self.tracker = api.tracker_for(self.backend, first.tracking_uri)
@@ -178,12 +183,13 @@ class _Sweep:
         self._stop = threading.Event()
         self._stop_reason = ""
 
-    def _child_request(self, combination: dict[str, Any]) -> RunRequest:
+    def _child_request(self, combination: dict[str, Any], name: str) -> RunRequest:
         return replace(
             self.base,
             parameters={**self.base.parameters, **combination},
             progress=False,
             tags={**self.base.tags},
+            job_name=name,
         )
 
     def run(self) -> SweepResult:
@@ -274,6 +280,13 @@ class _Sweep:
         status = KILLED if interrupted else FAILED if failures else FINISHED
         self.tracker.end_run(parent, status, tags, metrics)
         return SweepResult(self.name, parent, ordered, skipped, objective, best, duration, failures)
+
+
+def job_names(notebook_stem: str, count: int) -> list[str]:
+    """One job name per combination, unique within the sweep by its index and across sweeps
+    by the time and a random token: ``<notebook>-<YYYYmmdd-HHMMSS>-<token>-<index>``."""
+    token, width, now = secrets.token_hex(2), len(str(count)), time.time()
+    return [job_name(notebook_stem, now, f"{token}-{i:0{width}d}") for i in range(1, count + 1)]
 
 
 def _progress(total: int, name: str, enabled: bool) -> Any:
