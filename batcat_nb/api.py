@@ -19,7 +19,7 @@ from .parameters import effective_parameters, given_only, recorded
 from .result import INTERRUPTED, RunResult
 from .spec import JOB_NAME_PATTERN, JobSpec, RunRequest, job_name
 from .storage import check_input, is_s3
-from .tracking import TAG_OUTPUT, Tracker, default_tracking_uri, run_tags
+from .tracking import TAG_OUTPUT, Tracker, absolute_uri, default_tracking_uri, run_tags
 
 log = logging.getLogger("batcat_nb")
 
@@ -61,7 +61,7 @@ def resolve_spec(request: RunRequest) -> JobSpec:
         inputs={k: v if is_s3(v) else str(Path(v).resolve()) for k, v in request.inputs.items()},
         outputs={k: v if is_s3(v) else str(Path(v).resolve()) for k, v in request.outputs.items()},
         output_dir=str((Path(config.output_dir) / name).resolve()),
-        tracking_uri=config.tracking_uri or default_tracking_uri(),
+        tracking_uri=absolute_uri(config.tracking_uri) if config.tracking_uri else default_tracking_uri(),
         timeout=config.timeout,
         execution_timeout=request.execution_timeout,
         log_output=request.log_output,

@@ -52,7 +52,19 @@ _TAG_MAX = 5000
 
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI``, else the embedded default: SQLite in the project directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir() / 'mlflow.db'}"
+    return absolute_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir() / 'mlflow.db'}")
+
+
+def absolute_uri(uri: str) -> str:
+    """``sqlite:///mlflow.db`` (relative to this directory) as ``sqlite:////abs/mlflow.db``.
+
+    The agent, the worker and the kernel each run in a directory of their own: a relative
+    path must be fixed where the user gave it, or each process opens a store of its own.
+    """
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if not path or path.startswith("/") or path == ":memory:":
+        return uri
+    return f"sqlite:///{Path(path).absolute()}"
 
 
 def run_tags(
@@ -87,7 +99,7 @@ class Tracker:
     """One MLflow tracking store; mlflow is imported on first use."""
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri
+        self.uri = absolute_uri(uri)
         self._client: MlflowClient | None = None
 
     @property
