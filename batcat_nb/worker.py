@@ -260,8 +260,8 @@ def job_preamble(cwd: Path | None, env: dict[str, str], replace: bool = False) -
         lines.append("_os.environ.clear()")
     if cwd is not None:
         lines.append(f"_os.chdir({str(cwd)!r})")
-    if env:
-        lines.append(f"_os.environ.update({json.dumps(env)})")
+    if env:  # a Python literal: JSON would cut an emoji into two surrogates the kernel refuses
+        lines.append(f"_os.environ.update({env!r})")
     return "; ".join([*lines, "del _os"])
 
 
