@@ -47,7 +47,9 @@ def resolve_spec(request: RunRequest) -> JobSpec:
     _check_channels(request.inputs, request.outputs)
     name = request.job_name or job_name(notebook.name)
     if not JOB_NAME_PATTERN.fullmatch(name):
-        raise UsageError(f"job name {name!r}: use 1 to 63 letters, digits and '-', starting with a letter or digit")
+        raise UsageError(
+            f"job name {name!r}: use 1 to 63 letters, digits and '-', starting with a letter or digit"
+        )
     declared = [p.name for p in notebook.parameters() or []]
     spec = JobSpec(
         job_name=name,

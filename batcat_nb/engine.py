@@ -40,9 +40,8 @@ class BatcatNotebookClient(PapermillNotebookClient):
             reply = self.wait_for_reply(self.kc.execute(self.preamble, silent=True, store_history=False))
             content = (reply or {}).get("content", {})
             if content.get("status") != "ok":  # the job would run without its run or its directory
-                raise PreambleError(
-                    f"the kernel refused the job's environment: {content.get('ename')}: {content.get('evalue')}"
-                )
+                error = f"{content.get('ename')}: {content.get('evalue')}"
+                raise PreambleError(f"the kernel refused the job's environment: {error}")
         for index, cell in enumerate(self.nb.cells):
             try:
                 self.nb_man.cell_start(cell, index)

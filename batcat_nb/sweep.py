@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,11 +25,12 @@ from typing import Any
 
 from . import api
 from .backends import registry
-from .errors import UsageError
+from .errors import BatcatError, UsageError
 from .manifest import FAILED, FINISHED, KILLED
 from .parameters import resolve_value
 from .result import INTERRUPTED, RunResult
 from .spec import RunRequest, job_name
+from .tracking import TAG_REASON
 
 log = logging.getLogger("batcat_nb")
 
@@ -219,6 +220,11 @@ class _Sweep:
                     interrupted = True
                     self._stop_all(INTERRUPTED)
                     results = [f.result() for f in futures]
+                except BatcatError as exc:  # the store stayed away: stop, and say so on the parent
+                    self._stop_all(f"stopped: {exc}")
+                    wait(futures)
+                    self._fail_parent(parent, str(exc))
+                    raise
         order = {spec.job_name: index for index, spec in enumerate(self.specs)}
         results.sort(key=lambda r: order[r.job_name])
         skipped = len(self.specs) - len(todo)
@@ -260,6 +266,12 @@ class _Sweep:
             tags={TAG_SWEEP_ID: self.sweep_id, TAG_SWEEP_DEFINITION: json.dumps(definition, default=str)},
         )
         return run_id
+
+    def _fail_parent(self, parent: str, reason: str) -> None:
+        try:
+            self.tracker.end_run(parent, FAILED, {TAG_REASON: reason}, {})
+        except Exception as exc:  # still away: the parent stays RUNNING, as before
+            log.warning("the sweep's parent run %s stays RUNNING: %s", parent, exc)
 
     def _finish(
         self, parent: str, results: list[RunResult], skipped: int, duration: float, interrupted: bool

@@ -115,12 +115,14 @@ class Tracker:
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         from mlflow.tracking import MlflowClient
 
+        from .tracking_retry import RetryingClient
+
         try:
-            client = MlflowClient(tracking_uri=self.uri)
+            client = RetryingClient(MlflowClient(tracking_uri=self.uri), self.uri)
             client.search_experiments(max_results=1)  # builds the schema of a new store
         except Exception as exc:
             raise TrackingError(_store_problem(self.uri, exc)) from None
-        return client
+        return client  # type: ignore[return-value]
 
     def experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -169,6 +171,14 @@ class Tracker:
 
     def complete_run(self, run_id: str, manifest: Manifest, output_dir: Path | None) -> None:
         """Log metrics, artifacts and status from ``manifest``; a second call changes nothing."""
+        try:
+            self._complete_run(run_id, manifest, output_dir)
+        except TrackingError:
+            raise
+        except Exception as exc:  # the manifest stays on disk: `batcat runs reconcile` completes it later
+            raise TrackingError(_store_problem(self.uri, exc)) from None
+
+    def _complete_run(self, run_id: str, manifest: Manifest, output_dir: Path | None) -> None:
         from mlflow.entities import Metric, RunTag
 
         client = self.client

@@ -139,7 +139,9 @@ def translate(exc: BaseException, doing: str) -> BatcatError:
     if name in _NETWORK_ERRORS:
         return ServiceError(f"{doing}: {reason(exc)}; check the network and AWS_ENDPOINT_URL, then try again")
     if is_retryable(exc):
-        return ServiceError(f"{doing}: {reason(exc)}; AWS is failing or throttling: try again in a few minutes")
+        return ServiceError(
+            f"{doing}: {reason(exc)}; AWS is failing or throttling: try again in a few minutes"
+        )
     if name in ("NoCredentialsError", "PartialCredentialsError") or code in (
         "InvalidClientTokenId",
         "UnrecognizedClientException",
