@@ -16,7 +16,7 @@ from .errors import TrackingError, UsageError
 from .layout import RESERVED_CHANNELS
 from .notebook import load_notebook
 from .parameters import effective_parameters, given_only, recorded
-from .result import INTERRUPTED, RunResult
+from .result import RunResult, interruption
 from .spec import JOB_NAME_PATTERN, JobSpec, RunRequest, job_name
 from .storage import check_input, is_s3
 from .tracking import TAG_OUTPUT, Tracker, absolute_uri, default_tracking_uri, run_tags
@@ -89,7 +89,21 @@ def submit(request: RunRequest, *, detached: bool = False) -> JobHandle:
     backend.validate(spec)
     for name, source in spec.inputs.items():
         check_input(name, source)
-    return start(backend, tracker_for(backend, spec.tracking_uri), spec)
+    tracker = tracker_for(backend, spec.tracking_uri)
+    handle = start(backend, tracker, spec)
+    reconcile_ended(tracker)  # while the job starts: runs whose launcher was killed
+    return handle
+
+
+def reconcile_ended(tracker: Tracker) -> None:
+    """Complete the store's runs whose job ended without its launcher (``batcat runs reconcile``)."""
+    from .reconcile import reconcile_store
+
+    try:
+        remote = getattr(tracker, "reconcile", None)  # the agent's, where MLflow is loaded
+        remote() if remote is not None else reconcile_store(tracker)
+    except Exception as exc:  # never a reason to fail this run
+        log.warning("could not complete the runs of ended jobs: %s", exc)
 
 
 def start(backend: Backend, tracker: Tracker, spec: JobSpec, tags: dict[str, str] | None = None) -> JobHandle:
@@ -136,9 +150,10 @@ def wait(handle: JobHandle) -> RunResult:
     """Wait for a submitted job; Ctrl-C stops it, keeps its partial notebook, marks it KILLED."""
     try:
         return handle.wait()
-    except KeyboardInterrupt:
-        log.warning("stopping %s (Ctrl-C)...", handle.job_name)
-        handle.cancel(INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        reason = interruption(exc)
+        log.warning("stopping %s (%s)...", handle.job_name, reason)
+        handle.cancel(reason)
         return handle.wait()
 
 

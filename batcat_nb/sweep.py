@@ -28,7 +28,7 @@ from .backends import registry
 from .errors import BatcatError, UsageError
 from .manifest import FAILED, FINISHED, KILLED
 from .parameters import resolve_value
-from .result import INTERRUPTED, RunResult
+from .result import RunResult, interruption
 from .spec import RunRequest, job_name
 from .tracking import TAG_REASON
 
@@ -73,7 +73,7 @@ class SweepResult:
 
     @property
     def interrupted(self) -> bool:
-        return any(r.reason == INTERRUPTED for r in self.failures)
+        return any(r.interrupted for r in self.failures)
 
     def rows(self) -> list[dict[str, str]]:
         keys = sorted({k for r in self.results for k in r.parameters if _varies(self.results, k)})
@@ -216,9 +216,9 @@ class _Sweep:
                         bar.set_postfix(failed=sum(not r.ok for r in results), refresh=False)
                         if not result.ok and self.request.fail_fast:
                             self._stop_all("stopped: an earlier combination failed (--fail-fast)")
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as exc:
                     interrupted = True
-                    self._stop_all(INTERRUPTED)
+                    self._stop_all(interruption(exc))
                     results = [f.result() for f in futures]
                 except BatcatError as exc:  # the store stayed away: stop, and say so on the parent
                     self._stop_all(f"stopped: {exc}")

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import lease
 from .layout import CODE_CHANNEL, MESSAGE_LIMIT, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
 from .record import RECORDS_ENV
@@ -176,6 +177,7 @@ class Worker:
         manifest = self.manifest
         manifest.started_at = time.time()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        held = lease.hold(self.output_dir.resolve(), create=False)  # until the manifest is written
         previous = self._install_signal_handlers()
         try:
             if self.layout.stop_file.exists():
@@ -196,6 +198,8 @@ class Worker:
             manifest.write(self.output_dir)
             if manifest.status != FINISHED:
                 _write_message(self.layout, manifest.reason or manifest.status)
+            if held is not None:
+                held.close()
         log.info("%s %s in %.1fs", manifest.job_name, manifest.status, manifest.duration)
         return 0 if manifest.status == FINISHED else 1
 

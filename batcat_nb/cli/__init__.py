@@ -14,7 +14,8 @@ import click
 
 from ..backends import BACKEND_CLIS
 from ..errors import BatcatError, ServiceError
-from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from . import signals
+from .exit_codes import EXIT_FAILED, EXIT_USAGE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,8 +34,9 @@ def cli(verbose: bool) -> None:
 def _add_commands() -> None:
     from .agent import agent
     from .run import inspect, run, submit, ui
+    from .runs import runs
 
-    for command in (run, submit, inspect, ui, agent):
+    for command in (run, submit, inspect, ui, agent, runs):
         cli.add_command(command)
     for target in BACKEND_CLIS.values():
         for command in importlib.import_module(target).COMMANDS:
@@ -47,11 +49,12 @@ _add_commands()
 def main() -> None:
     """Entry point: user mistakes become one line and exit 2, a service's failure one line and
     exit 1 (as a failed run: the user did nothing wrong), never a traceback."""
+    signals.install()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("batcat: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(signals.exit_code())
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -63,4 +66,4 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         click.echo("batcat: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(signals.exit_code())
