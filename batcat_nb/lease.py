@@ -34,6 +34,13 @@ def hold(output_dir: str | Path, create: bool = True) -> IO[bytes] | None:
     return lease
 
 
+def release(held: IO[bytes], completed: bool) -> None:
+    """Let go of a lease; once its run is completed the file has served its purpose."""
+    if completed:
+        Path(str(held.name)).unlink(missing_ok=True)
+    held.close()
+
+
 def wait_for_others(lease: IO[bytes]) -> None:
     """Block until no one but us holds ``lease`` (the worker of a job whose agent died)."""
     fcntl.flock(lease, fcntl.LOCK_EX)

@@ -214,3 +214,46 @@ def test_a_draining_agent_hands_over_at_once_and_still_completes_its_job(
     run = _run(runs_of, experiment)  # complete_run for the ended job reached the store
     assert run.info.status == "FINISHED" and run.data.metrics == {"early": 1.0, "late": 2.0}
     _wait_for(lambda: not _alive(old))  # and the old agent left once its job was answered
+
+
+# --------------------------------------------------------------------------- a container
+
+
+@pytest.mark.docker
+def test_a_container_whose_launcher_was_killed_is_found_collected_and_removed_by_reconcile(
+    project, experiment, runs_of, mlflow_client, runner, engine, tracking_uri
+):
+    from docker_fixtures import job_containers
+
+    data = project / "data"
+    data.mkdir()
+    nb = write_notebook(
+        project / "nb.ipynb",
+        "data_dir = 'data'",
+        "import pathlib, time, mlflow\nprint('first cell ran')\nmlflow.log_metric('early', 1)",
+        "while not (pathlib.Path(data_dir) / 'go').exists():\n    time.sleep(0.05)\nmlflow.log_metric('late', 2)",
+    )
+    launcher = subprocess.Popen(
+        [BATCAT, "run", str(nb), "-e", experiment, "-b", "docker", "--image", runner.image.tag,
+         "--input", f"data={data}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=project,
+    )  # fmt: skip
+    _wait_for(lambda: any("early" in r.data.metrics for r in runs_of(experiment)))
+    launcher.kill()
+    launcher.wait()
+    run = _run(runs_of, experiment)
+    [container] = [c for c in job_containers(engine) if c.labels.get("io.batcat.run_id") == run.info.run_id]
+    output = Path(container.labels["io.batcat.output"])
+    assert container.labels["io.batcat.tracking"] == tracking_uri
+    assert run_batcat("runs", "reconcile", "--tracking-uri", tracking_uri).returncode == 0
+    assert _run(runs_of, experiment).info.status == "RUNNING"  # its container still runs it
+    (data / "go").touch()
+    _wait_for(lambda: (container.reload(), container.status)[1] == "exited")
+    done = run_batcat("runs", "reconcile", "--tracking-uri", tracking_uri)
+    assert done.returncode == 0 and f"{run.info.run_id} FINISHED" in done.stdout, done.stderr
+    run = _run(runs_of, experiment)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"early": 1.0, "late": 2.0}
+    assert "first cell ran" in (output / "nb.ipynb").read_text()  # collected from the container
+    assert {"nb.ipynb", "batcat-manifest.json"} <= _artifacts(mlflow_client, run.info.run_id)
+    assert container.id not in {c.id for c in job_containers(engine)}  # removed
+    assert not Path(container.labels["io.batcat.stage"]).exists()

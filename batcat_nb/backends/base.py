@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import IO, Protocol
 
+from .. import lease
 from ..manifest import FAILED, KILLED, RUNNING, Manifest
 from ..result import RunResult
 from ..spec import JobSpec
@@ -116,7 +117,7 @@ class JobHandle(ABC):
                     self._result = self._complete()
                 finally:  # done, or the store is away: `batcat runs reconcile` may complete it
                     if self._lease is not None:
-                        self._lease.close()
+                        lease.release(self._lease, completed=self._result is not None)
                         self._lease = None
         return self._result
 

@@ -42,6 +42,7 @@ from ...storage import download, is_s3, upload
 log = logging.getLogger("batcat_nb")
 
 JOB_LABEL = "io.batcat.job"  # every container run_request starts carries it
+STAGE_LABEL = "io.batcat.stage"  # the host folder of its /opt/ml: outputs to collect if we die
 _LIVE: dict[str, Any] = {}  # container id -> client, for containers this process has not removed yet
 
 Bind = tuple[str, str, bool]  # host path, container path, read-only
@@ -117,12 +118,14 @@ def run_request(
     resources: ContainerResources | None = None,
     user: str | None = None,
     extra_env: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> ProcessingOutcome:
     """Run a ``create_processing_job`` request in a local container, as SageMaker would.
 
     ``extra_mounts`` (host dir -> container dir, read-write) and ``extra_env`` (variables the
     job's config does not record, e.g. credentials) are local additions; ``user`` overrides the
-    image's USER. Outputs are collected whatever the outcome; the container is always removed.
+    image's USER; ``labels`` are added to the container's. Outputs are collected whatever the
+    outcome; the container is always removed (``collect_orphans`` does it if this process dies).
     """
     client = client or docker_client()
     stop = stop or threading.Event()
@@ -136,7 +139,8 @@ def run_request(
             log.debug("cannot prepare %s", request["ProcessingJobName"], exc_info=True)
             return ProcessingOutcome(-1, FAILED, f"ClientError: {_first_line(exc)}")
         binds += [(host, target, False) for host, target in (extra_mounts or {}).items()]
-        container = _Container(client, request, binds, network_mode, resources, user, extra_env)
+        labels = {**(labels or {}), STAGE_LABEL: str(stage.root)}
+        container = _Container(client, request, binds, network_mode, resources, user, extra_env, labels)
         try:
             outcome = container.run(on_log, stop, stop_grace)
         finally:
@@ -156,9 +160,9 @@ def run_request(
 class _Stage:
     """The host side of ``/opt/ml``: config, downloaded inputs, output directories, message."""
 
-    def __init__(self, request: Mapping[str, Any]) -> None:
+    def __init__(self, request: Mapping[str, Any], root: Path | None = None) -> None:
         self.request = request
-        self.root = Path(tempfile.mkdtemp(prefix=f"batcat-{request['ProcessingJobName']}-"))
+        self.root = root or Path(tempfile.mkdtemp(prefix=f"batcat-{request['ProcessingJobName']}-"))
         self.layout = JobLayout(self.root)
 
     def prepare(self) -> list[Bind]:
@@ -241,6 +245,7 @@ class _Container:
         resources: ContainerResources | None,
         user: str | None,
         extra_env: Mapping[str, str] | None,
+        labels: Mapping[str, str],
     ) -> None:
         self.client = client
         self.request = request
@@ -257,7 +262,7 @@ class _Container:
             hostname=HOSTNAME,
             network_mode=network_mode,
             mounts=[Mount(target, source, type="bind", read_only=ro) for source, target, ro in binds],
-            labels={JOB_LABEL: request["ProcessingJobName"]},
+            labels={**labels, JOB_LABEL: request["ProcessingJobName"]},
             **(resources.docker_kwargs() if resources else {}),
         )
         if user:
@@ -356,6 +361,26 @@ class _Container:
         except Exception as exc:
             log.warning("could not remove container %s: %s", self.container.id[:12], exc)
         _LIVE.pop(self.container.id, None)
+
+
+def collect_orphans(client: Any, label: str, value: str) -> bool:
+    """Containers labelled ``label=value`` whose launcher died: False while one still runs;
+    else each one's outputs are collected from its stage, as ``run_request`` would, and it is
+    removed with its stage."""
+    found = client.containers.list(all=True, filters={"label": f"{label}={value}"})
+    if any(c.status in ("created", "running", "restarting", "paused") for c in found):
+        return False
+    for container in found:
+        stage_root = container.labels.get(STAGE_LABEL)
+        if stage_root and Path(stage_root).is_dir():
+            request = json.loads(
+                (JobLayout(Path(stage_root)).config_dir / "processingjobconfig.json").read_text()
+            )
+            stage = _Stage(request, Path(stage_root))
+            stage.collect_outputs()
+            stage.remove()
+        container.remove(force=True)
+    return True
 
 
 def _watch(container_id: str, client: Any) -> None:
