@@ -231,7 +231,7 @@ def test_a_container_whose_launcher_was_killed_is_found_collected_and_removed_by
         project / "nb.ipynb",
         "data_dir = 'data'",
         "import pathlib, time, mlflow\nprint('first cell ran')\nmlflow.log_metric('early', 1)",
-        "while not (pathlib.Path(data_dir) / 'go').exists():\n    time.sleep(0.05)\nmlflow.log_metric('late', 2)",
+        WAITS.replace("pathlib.Path('go')", "(pathlib.Path(data_dir) / 'go')"),
     )
     launcher = subprocess.Popen(
         [BATCAT, "run", str(nb), "-e", experiment, "-b", "docker", "--image", runner.image.tag,
