@@ -49,7 +49,11 @@ def wait_for_others(lease: IO[bytes]) -> None:
 
 @contextlib.contextmanager
 def abandoned(output_dir: str | Path) -> Iterator[bool]:
-    """True (and the lease held exclusively) when a lease exists and nobody holds it."""
+    """True (and the lease held exclusively) when a lease exists and nobody holds it.
+
+    Whoever then completes the run removes the file (``lease_path``); otherwise it stays for
+    the next look.
+    """
     path = lease_path(output_dir)
     try:
         lease = open(path, "rb")  # noqa: SIM115
@@ -63,4 +67,3 @@ def abandoned(output_dir: str | Path) -> Iterator[bool]:
             yield False
             return
         yield True
-        path.unlink(missing_ok=True)

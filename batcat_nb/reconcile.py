@@ -57,6 +57,7 @@ def reconcile_run(tracker: Tracker, run: Any) -> str | None:
             return None  # still running: its lease goes back for the next look
         manifest = _manifest(Path(output), tags.get(TAG_JOB_NAME, ""))
         tracker.complete_run(run.info.run_id, manifest, Path(output) if Path(output).is_dir() else None)
+        lease.lease_path(output).unlink(missing_ok=True)
         log.info("completed run %s (%s) from %s: %s", run.info.run_id, tags.get(TAG_JOB_NAME), output,
                  manifest.status)  # fmt: skip
         return manifest.status
