@@ -20,10 +20,10 @@ from .layout import RESERVED_CHANNELS
 from .notebook import Notebook, load_notebook
 from .parameters import check_names, effective_parameters, given_only, recorded
 from .redact import looks_secret
-from .result import INTERRUPTED, RunResult
-from .spec import JobSpec, RunRequest, job_name
+from .result import RunResult, interruption
+from .spec import JOB_NAME_PATTERN, JobSpec, RunRequest, job_name
 from .storage import check_input, is_s3
-from .tracking import TAG_ATTEMPT, TAG_OUTPUT, Tracker, default_tracking_uri, run_tags
+from .tracking import TAG_ATTEMPT, TAG_OUTPUT, Tracker, absolute_uri, default_tracking_uri, run_tags
 
 log = logging.getLogger("batcat_nb")
 
@@ -52,7 +52,11 @@ def resolve_spec(request: RunRequest, notebook: Notebook | None = None) -> JobSp
     )
     job_secrets = _check_secrets(request, notebook)
     _check_channels(request.inputs, request.outputs)
-    name = job_name(notebook.name)
+    name = request.job_name or job_name(notebook.name)
+    if not JOB_NAME_PATTERN.fullmatch(name):
+        raise UsageError(
+            f"job name {name!r}: use 1 to 63 letters, digits and '-', starting with a letter or digit"
+        )
     declared = [p.name for p in notebook.parameters() or []]
     spec = JobSpec(
         job_name=name,
@@ -66,7 +70,7 @@ def resolve_spec(request: RunRequest, notebook: Notebook | None = None) -> JobSp
         inputs={k: v if is_s3(v) else str(Path(v).resolve()) for k, v in request.inputs.items()},
         outputs={k: v if is_s3(v) else str(Path(v).resolve()) for k, v in request.outputs.items()},
         output_dir=str((Path(config.output_dir) / name).resolve()),
-        tracking_uri=config.tracking_uri or default_tracking_uri(),
+        tracking_uri=absolute_uri(config.tracking_uri) if config.tracking_uri else default_tracking_uri(),
         timeout=config.timeout,
         execution_timeout=request.execution_timeout,
         log_output=request.log_output,
@@ -132,7 +136,21 @@ def submit_spec(spec: JobSpec, *, detached: bool = False) -> JobHandle:
     validate(backend, spec)
     for name, source in spec.inputs.items():
         check_input(name, source)
-    return start(backend, tracker_for(backend, spec.tracking_uri), spec)
+    tracker = tracker_for(backend, spec.tracking_uri)
+    handle = start(backend, tracker, spec)
+    reconcile_ended(tracker)  # while the job starts: runs whose launcher was killed
+    return handle
+
+
+def reconcile_ended(tracker: Tracker) -> None:
+    """Complete the store's runs whose job ended without its launcher (``batcat runs reconcile``)."""
+    from .reconcile import reconcile_store
+
+    try:
+        remote = getattr(tracker, "reconcile", None)  # the agent's, where MLflow is loaded
+        remote() if remote is not None else reconcile_store(tracker)
+    except Exception as exc:  # never a reason to fail this run
+        log.warning("could not complete the runs of ended jobs: %s", exc)
 
 
 def start(backend: Backend, tracker: Tracker, spec: JobSpec, tags: dict[str, str] | None = None) -> JobHandle:
@@ -193,9 +211,10 @@ def _resubmit(handle: JobHandle, job_name: str) -> JobHandle:
 def _wait_once(handle: JobHandle) -> RunResult:
     try:
         return handle.wait()
-    except KeyboardInterrupt:
-        log.warning("stopping %s (Ctrl-C)...", handle.job_name)
-        handle.cancel(INTERRUPTED)
+    except KeyboardInterrupt as exc:
+        reason = interruption(exc)
+        log.warning("stopping %s (%s)...", handle.job_name, reason)
+        handle.cancel(reason)
         return handle.wait()
 
 

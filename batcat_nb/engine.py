@@ -20,6 +20,10 @@ from traitlets import Unicode
 CLEAN_EXIT_VALUES = frozenset({"0", "None", ""})
 
 
+class PreambleError(RuntimeError):
+    """The kernel could not take the job's directory or environment: the job must not run."""
+
+
 class BatcatNotebookClient(PapermillNotebookClient):
     """papermill's client, plus: a silent preamble, clean ``sys.exit(0)``, quick shutdown."""
 
@@ -67,7 +71,11 @@ class BatcatNotebookClient(PapermillNotebookClient):
 
     def papermill_execute_cells(self) -> None:
         if self.preamble:
-            self.wait_for_reply(self.kc.execute(self.preamble, silent=True, store_history=False))
+            reply = self.wait_for_reply(self.kc.execute(self.preamble, silent=True, store_history=False))
+            content = (reply or {}).get("content", {})
+            if content.get("status") != "ok":  # the job would run without its run or its directory
+                error = f"{content.get('ename')}: {content.get('evalue')}"
+                raise PreambleError(f"the kernel refused the job's environment: {error}")
         for index, cell in enumerate(self.nb.cells):
             try:
                 self.nb_man.cell_start(cell, index)

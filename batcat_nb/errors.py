@@ -10,6 +10,7 @@ BatcatError                 root of everything raised on purpose
 │   ├── WorkflowError       a workflow file's problem, naming its place (file: steps.x.needs: ...)
 │   ├── ImageBuildError     the runner image could not be built
 │   └── TrackingError       the MLflow store cannot be reached or written
+├── ServiceError            a service failed on its side (AWS 5xx, throttling): exit 1, try again
 └── RunFailed               ``RunResult.raise_for_status()`` on a failed run
 """
 
@@ -57,6 +58,10 @@ class ImageBuildError(UsageError):
 
 class TrackingError(UsageError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class ServiceError(BatcatError):
+    """A service failed on its side, even after retries; not the user's mistake: try again later."""
 
 
 class RunFailed(BatcatError):

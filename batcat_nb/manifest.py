@@ -7,14 +7,23 @@ store loses nothing.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from .errors import UsageError
+
+log = logging.getLogger("batcat_nb")
 
 MANIFEST_NAME = "batcat-manifest.json"
 RECORDS_NAME = "batcat-records.jsonl"
 
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+# MAJOR.MINOR: a reader accepts any minor (unknown fields are ignored) and refuses a newer major.
+MANIFEST_VERSION = "1.0"
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Manifest:
     kernel: str = ""
     started_at: float = 0.0
     ended_at: float = 0.0
+    version: str = MANIFEST_VERSION
 
     @property
     def duration(self) -> float:
@@ -55,8 +65,20 @@ class Manifest:
         return {name: points[-1][0] for name, points in self.metrics.items() if points}
 
     def write(self, directory: Path) -> Path:
+        """Write atomically (temporary file, fsync, rename): a reader sees all of it or nothing."""
         path = directory / MANIFEST_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        text = json.dumps(self.to_dict(), indent=2, default=str)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=directory)
+        try:
+            with os.fdopen(descriptor, "w") as stream:
+                stream.write(text)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(temporary, 0o644)  # as a plain write would leave it (mkstemp makes it 0600)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
         return path
 
     def to_dict(self) -> dict[str, Any]:
@@ -68,7 +90,32 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Read a manifest of any 1.x version: fields this version does not know are ignored."""
         data = dict(data)
+        version = str(data.get("version", "1.0"))
+        if _major(version) > _major(MANIFEST_VERSION):
+            raise ManifestVersionError(
+                f"the job's manifest has version {version}, newer than this batcat_nb reads "
+                f"({MANIFEST_VERSION}); upgrade batcat_nb (pip install -U batcat_nb)"
+            )
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            log.debug("manifest fields of a newer version ignored: %s", ", ".join(unknown))
+        data = {k: v for k, v in data.items() if k in known}
         error = data.pop("error", None)
         metrics = {k: [tuple(p) for p in v] for k, v in data.pop("metrics", {}).items()}
-        return cls(**data, metrics=metrics, error=CellError(**error) if error else None)
+        if error:
+            error = CellError(*(error.get(f.name) for f in fields(CellError)))
+        return cls(**data, metrics=metrics, error=error)
+
+
+class ManifestVersionError(UsageError):
+    """The manifest was written by a newer major version of batcat_nb."""
+
+
+def _major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return 0

@@ -12,6 +12,20 @@ from .redact import mask_uri
 from .ui import ui_command
 
 INTERRUPTED = "interrupted by the user (Ctrl-C)"
+_SIGNALLED = "stopped: the launcher got "
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP to the launcher (a closed terminal, ``kill``): stop as Ctrl-C does."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.reason = f"{_SIGNALLED}{signal_name}"
+
+
+def interruption(exc: BaseException) -> str:
+    """The reason a run ends KILLED when the launcher is interrupted by ``exc``."""
+    return getattr(exc, "reason", INTERRUPTED)
 
 
 class ShownOnce:
@@ -67,7 +81,7 @@ class RunResult(ShownOnce):
 
     @property
     def interrupted(self) -> bool:
-        return self.reason == INTERRUPTED
+        return self.reason == INTERRUPTED or self.reason.startswith(_SIGNALLED)
 
     def raise_for_status(self) -> RunResult:
         """Raise RunFailed unless the run finished."""

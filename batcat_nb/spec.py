@@ -35,6 +35,7 @@ class RunRequest:
     tags: dict[str, str] = field(default_factory=dict)
     backend_options: dict[str, Any] = field(default_factory=dict)
     retries: int | None = None  # resubmissions after an infrastructure failure
+    job_name: str | None = None  # None: one made from the notebook's name (a sweep names its own)
 
 
 @dataclass
@@ -97,10 +98,17 @@ class JobSpec:
         }
 
 
-def job_name(notebook_stem: str, now: float | None = None) -> str:
-    """``<notebook>-<YYYYmmdd-HHMMSS>-<suffix>``, valid as a SageMaker job name."""
+JOB_NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")  # SageMaker's
+
+
+def job_name(notebook_stem: str, now: float | None = None, suffix: str | None = None) -> str:
+    """``<notebook>-<YYYYmmdd-HHMMSS>-<suffix>``, valid as a SageMaker job name.
+
+    The suffix is 6 random hex digits unless given (a sweep gives ``<token>-<index>``, unique
+    within it by construction); the notebook's name is shortened to fit 63 characters.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-    suffix = secrets.token_hex(2)
+    suffix = suffix or secrets.token_hex(3)
     stem = re.sub(r"[^a-zA-Z0-9]+", "-", notebook_stem).strip("-") or "notebook"
     stem = stem[: JOB_NAME_MAX - len(stamp) - len(suffix) - 2].rstrip("-")
     return f"{stem}-{stamp}-{suffix}"

@@ -13,10 +13,11 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,12 +26,13 @@ from typing import Any
 from . import api
 from .backends import registry
 from .backends.base import JobHandle
-from .errors import UsageError
+from .errors import BatcatError, UsageError
 from .manifest import FAILED, FINISHED, KILLED
 from .parameters import resolve_value
 from .progress import progress_bar
-from .result import INTERRUPTED, RunResult, ShownOnce
-from .spec import RunRequest
+from .result import RunResult, ShownOnce, interruption
+from .spec import RunRequest, job_name
+from .tracking import TAG_REASON
 
 log = logging.getLogger("batcat_nb")
 
@@ -73,7 +75,7 @@ class SweepResult(ShownOnce):
 
     @property
     def interrupted(self) -> bool:
-        return any(r.reason == INTERRUPTED for r in self.failures)
+        return any(r.interrupted for r in self.failures)
 
     def rows(self) -> list[dict[str, str]]:
         keys = sorted({k for r in self.results for k in r.parameters if _varies(self.results, k)})
@@ -169,7 +171,11 @@ class _Sweep:
             raise UsageError("the sweep has no combinations: give --grid NAME=V1,V2 or --sweep FILE")
         self.request = request
         self.base = request.base
-        self.specs = [api.resolve_spec(self._child_request(c)) for c in request.combinations]
+        names = job_names(Path(self.base.notebook).stem, len(request.combinations))
+        self.specs = [
+            api.resolve_spec(self._child_request(c, name))
+            for c, name in zip(request.combinations, names, strict=True)
+        ]
         first = self.specs[0]
         self.backend = registry.get(first.backend)
         self.tracker = api.tracker_for(self.backend, first.tracking_uri)
@@ -180,12 +186,13 @@ class _Sweep:
         self._stop = threading.Event()
         self._stop_reason = ""
 
-    def _child_request(self, combination: dict[str, Any]) -> RunRequest:
+    def _child_request(self, combination: dict[str, Any], name: str) -> RunRequest:
         return replace(
             self.base,
             parameters={**self.base.parameters, **combination},
             progress=False,
             tags={**self.base.tags},
+            job_name=name,
         )
 
     def run(self) -> SweepResult:
@@ -211,10 +218,15 @@ class _Sweep:
                         bar.set_postfix(failed=sum(not r.ok for r in results), refresh=False)
                         if not result.ok and self.request.fail_fast:
                             self._stop_all("stopped: an earlier combination failed (--fail-fast)")
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as exc:
                     interrupted = True
-                    self._stop_all(INTERRUPTED)
+                    self._stop_all(interruption(exc))
                     results = [f.result() for f in futures]
+                except BatcatError as exc:  # the store stayed away: stop, and say so on the parent
+                    self._stop_all(f"stopped: {exc}")
+                    wait(futures)
+                    self._fail_parent(parent, str(exc))
+                    raise
         order = {spec.job_name: index for index, spec in enumerate(self.specs)}
         results.sort(key=lambda r: order[r.job_name])
         skipped = len(self.specs) - len(todo)
@@ -252,6 +264,12 @@ class _Sweep:
         )
         return run_id
 
+    def _fail_parent(self, parent: str, reason: str) -> None:
+        try:
+            self.tracker.end_run(parent, FAILED, {TAG_REASON: reason}, {})
+        except Exception as exc:  # still away: the parent stays RUNNING, as before
+            log.warning("the sweep's parent run %s stays RUNNING: %s", parent, exc)
+
     def _finish(
         self, parent: str, results: list[RunResult], skipped: int, duration: float, interrupted: bool
     ) -> SweepResult:
@@ -277,6 +295,13 @@ def follow(handle: JobHandle, stop: threading.Event, reason: Callable[[], str]) 
     """Wait for a job of a group (sweep, workflow); once ``stop`` is set, cancel it with ``reason()``."""
     watch(handle, stop, reason)
     return handle.wait()
+
+
+def job_names(notebook_stem: str, count: int) -> list[str]:
+    """One job name per combination, unique within the sweep by its index and across sweeps
+    by the time and a random token: ``<notebook>-<YYYYmmdd-HHMMSS>-<token>-<index>``."""
+    token, width, now = secrets.token_hex(2), len(str(count)), time.time()
+    return [job_name(notebook_stem, now, f"{token}-{i:0{width}d}") for i in range(1, count + 1)]
 
 
 def watch(handle: JobHandle, stop: threading.Event, reason: Callable[[], str]) -> str:

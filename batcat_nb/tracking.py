@@ -63,10 +63,22 @@ def default_tracking_uri() -> str:
     a project that already has ``mlflow.db`` at its root keeps using it.
     """
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return absolute_uri(os.environ["MLFLOW_TRACKING_URI"])
     legacy = project_dir() / "mlflow.db"
     database = legacy if legacy.exists() else project_dir() / STORE_DIR / "mlflow.db"
     return f"sqlite:///{database}"
+
+
+def absolute_uri(uri: str) -> str:
+    """``sqlite:///mlflow.db`` (relative to this directory) as ``sqlite:////abs/mlflow.db``.
+
+    The agent, the worker and the kernel each run in a directory of their own: a relative
+    path must be fixed where the user gave it, or each process opens a store of its own.
+    """
+    path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
+    if not path or path.startswith("/") or path == ":memory:":
+        return uri
+    return f"sqlite:///{Path(path).absolute()}"
 
 
 def run_tags(
@@ -101,7 +113,7 @@ class Tracker:
     """One MLflow tracking store; mlflow is imported on first use."""
 
     def __init__(self, uri: str) -> None:
-        self.uri = uri
+        self.uri = absolute_uri(uri)
         self._client: MlflowClient | None = None
 
     @property
@@ -117,12 +129,14 @@ class Tracker:
             Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         from mlflow.tracking import MlflowClient
 
+        from .tracking_retry import RetryingClient
+
         try:
-            client = MlflowClient(tracking_uri=self.uri)
+            client = RetryingClient(MlflowClient(tracking_uri=self.uri), self.uri)
             client.search_experiments(max_results=1)  # builds the schema of a new store
         except Exception as exc:
             raise TrackingError(_store_problem(self.uri, exc)) from None
-        return client
+        return client  # type: ignore[return-value]
 
     def experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -171,6 +185,14 @@ class Tracker:
 
     def complete_run(self, run_id: str, manifest: Manifest, output_dir: Path | None) -> None:
         """Log metrics, artifacts and status from ``manifest``; a second call changes nothing."""
+        try:
+            self._complete_run(run_id, manifest, output_dir)
+        except TrackingError:
+            raise
+        except Exception as exc:  # the manifest stays on disk: `batcat runs reconcile` completes it later
+            raise TrackingError(_store_problem(self.uri, exc)) from None
+
+    def _complete_run(self, run_id: str, manifest: Manifest, output_dir: Path | None) -> None:
         from mlflow.entities import Metric, RunTag
 
         client = self.client

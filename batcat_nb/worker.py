@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import environment, retry
+from . import environment, lease, retry
 from .layout import CODE_CHANNEL, MESSAGE_LIMIT, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
 from .privileges import drop_privileges
@@ -182,6 +182,7 @@ class Worker:
         manifest = self.manifest
         manifest.started_at = time.time()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        held = lease.hold(self.output_dir.resolve(), create=False)  # until the manifest is written
         previous = self._install_signal_handlers()
         try:
             if self.layout.stop_file.exists():
@@ -205,6 +206,8 @@ class Worker:
             manifest.write(self.output_dir)
             if manifest.status != FINISHED:
                 _write_message(self.layout, manifest.reason or manifest.status)
+            if held is not None:
+                held.close()
         log.info("%s %s in %.1fs", manifest.job_name, manifest.status, manifest.duration)
         return 0 if manifest.status == FINISHED else 1
 
@@ -286,8 +289,8 @@ def job_preamble(cwd: Path | None, env: dict[str, str], replace: bool = False) -
         lines.append("_os.environ.clear()")
     if cwd is not None:
         lines.append(f"_os.chdir({str(cwd)!r})")
-    if env:
-        lines.append(f"_os.environ.update({json.dumps(env)})")
+    if env:  # a Python literal: JSON would cut an emoji into two surrogates the kernel refuses
+        lines.append(f"_os.environ.update({env!r})")
     return "; ".join([*lines, "del _os"])
 
 
@@ -308,16 +311,25 @@ def mask_job(masker: Masker, manifest: Manifest, output_dir: Path) -> None:
 
 
 def collect_records(manifest: Manifest, output_dir: Path) -> None:
-    """Fold what ``batcat_nb.record`` wrote into the manifest's metrics and artifacts."""
+    """Fold what ``batcat_nb.record`` wrote into the manifest's metrics and artifacts.
+
+    A line cut short (the kernel killed mid-write, a full disk) is skipped with a warning:
+    every good record is kept.
+    """
     path = output_dir / RECORDS_NAME
     if not path.exists():
         return
-    for line in path.read_text().splitlines():
-        entry = json.loads(line)
-        if entry["kind"] == "metric":
-            manifest.metrics.setdefault(entry["name"], []).append((entry["value"], entry["step"]))
-        else:
-            manifest.artifacts.append(entry["path"])
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            entry = json.loads(line)
+            if entry["kind"] == "metric":
+                point = (float(entry["value"]), int(entry["step"]))
+                manifest.metrics.setdefault(str(entry["name"]), []).append(point)
+            else:
+                manifest.artifacts.append(str(entry["path"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            if line.strip():
+                log.warning("%s line %d skipped (%s): %.80s", RECORDS_NAME, number, exc, line)
 
 
 def render_html(executed: Path) -> str | None:

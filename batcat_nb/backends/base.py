@@ -12,9 +12,9 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
-from .. import ui
+from .. import lease, ui
 from ..manifest import FAILED, KILLED, RUNNING, Manifest
 from ..result import RunResult
 from ..spec import JobSpec
@@ -56,6 +56,7 @@ class JobHandle(ABC):
         self._result: RunResult | None = None
         self._cancel_reason: str | None = None
         self._completing = threading.Lock()
+        self._lease: IO[bytes] | None = None  # held until the run is complete (batcat_nb.lease)
 
     @property
     def job_name(self) -> str:
@@ -112,7 +113,12 @@ class JobHandle(ABC):
             raise TimeoutError(f"{self.job_name} still {RUNNING} after {timeout}s")
         with self._completing:  # one thread completes the run; the others get its result
             if self._result is None:
-                self._result = self._complete()
+                try:
+                    self._result = self._complete()
+                finally:  # done, or the store is away: `batcat runs reconcile` may complete it
+                    if self._lease is not None:
+                        lease.release(self._lease, completed=self._result is not None)
+                        self._lease = None
         return self._result
 
     def _complete(self) -> RunResult:

@@ -13,8 +13,9 @@ import sys
 import click
 
 from ..backends import BACKEND_CLIS
-from ..errors import BatcatError
-from .exit_codes import EXIT_INTERRUPTED, EXIT_USAGE
+from ..errors import BatcatError, ServiceError
+from . import signals
+from .exit_codes import EXIT_FAILED, EXIT_USAGE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,9 +35,10 @@ def _add_commands() -> None:
     from .agent import agent
     from .rerun import rerun
     from .run import inspect, run, submit, ui
+    from .runs import runs
     from .workflow import workflow
 
-    for command in (run, submit, rerun, inspect, ui, agent, workflow):
+    for command in (run, submit, rerun, inspect, ui, agent, runs, workflow):
         cli.add_command(command)
     for target in BACKEND_CLIS.values():
         for command in importlib.import_module(target).COMMANDS:
@@ -47,18 +49,23 @@ _add_commands()
 
 
 def main() -> None:
-    """Entry point: user mistakes become one line and exit 2, never a traceback."""
+    """Entry point: user mistakes become one line and exit 2, a service's failure one line and
+    exit 1 (as a failed run: the user did nothing wrong), never a traceback."""
+    signals.install()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("batcat: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(signals.exit_code())
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except ServiceError as exc:
+        click.echo(f"batcat: error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
     except BatcatError as exc:
         click.echo(f"batcat: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         click.echo("batcat: interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(signals.exit_code())

@@ -9,7 +9,8 @@ import click
 
 from ..errors import UsageError
 from ..redact import mask_uri
-from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
+from . import signals
+from .exit_codes import EXIT_FAILED
 from .options import SectionedCommand, option, request_from_options, run_options, sweep_from_options
 
 
@@ -34,7 +35,7 @@ def run(no_wait: bool, **options: Any) -> None:
         outcome = api.run(request_from_options(options))
     click.echo(str(outcome))
     if not outcome.ok:
-        sys.exit(EXIT_INTERRUPTED if outcome.interrupted else EXIT_FAILED)
+        sys.exit(signals.exit_code() if outcome.interrupted else EXIT_FAILED)
 
 
 @click.command(cls=SectionedCommand)

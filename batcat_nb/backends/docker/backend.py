@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ... import lease
 from ...config import parse_pairs, resolve
 from ...contract import (
     LOCAL_ROLE,
@@ -48,6 +49,10 @@ from ..base import JobHandle
 from .container import ContainerResources, docker_client
 
 log = logging.getLogger("batcat_nb")
+
+# Container labels: what `batcat runs reconcile` needs to find, collect and remove a container
+# whose launcher died (credentials in the tracking URI are not kept).
+OUTPUT_LABEL, RUN_LABEL, TRACKING_LABEL = "io.batcat.output", "io.batcat.run_id", "io.batcat.tracking"
 
 _MEMORY = re.compile(r"^\d+(\.\d+)?[bkmg]?$", re.IGNORECASE)
 
@@ -156,6 +161,13 @@ class DockerBackend:
     def submit(self, spec: JobSpec) -> DockerHandle:
         return DockerHandle(spec, docker_config(spec.backend_options), self.client())
 
+    def collect_orphan(self, output_dir: str) -> bool:
+        """For ``batcat runs reconcile``: False while the job's container runs; else its outputs
+        are collected into ``output_dir`` and the container removed."""
+        from .container import collect_orphans
+
+        return collect_orphans(self.client(), OUTPUT_LABEL, output_dir)
+
     def tracker(self, uri: str) -> Tracker:
         """MLflow through the warm agent, as for local runs: the launcher never imports MLflow."""
         from ..local import agent
@@ -221,6 +233,7 @@ class DockerHandle(JobHandle):
         # The run is created after submit, with the spec's tags: the image is part of its provenance.
         spec.tags.update({TAG_IMAGE: self.image.tag, TAG_IMAGE_DIGEST: self.image.digest})
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._lease = lease.hold(self.output_dir)  # `batcat runs reconcile` leaves the run to us
         # The code channel holds what SageMaker's would: the notebook and the --include'd files.
         self.job_dir = Path(tempfile.mkdtemp(prefix=f"batcat-{spec.job_name}-job-"))
         self.job_dir.chmod(0o755)
@@ -331,6 +344,7 @@ class DockerHandle(JobHandle):
                     user=self.config.container_user(),
                     extra_env=secrets,
                     s3=s3,
+                    labels=self._labels(),
                 )
         except Exception as exc:  # the engine failed us: the run ends FAILED with this reason
             log.debug("docker job %s", self.job_name, exc_info=True)
@@ -338,6 +352,15 @@ class DockerHandle(JobHandle):
         finally:
             shutil.rmtree(self.job_dir, ignore_errors=True)
             self._done.set()
+
+    def _labels(self) -> dict[str, str]:
+        from urllib.parse import urlsplit, urlunsplit
+
+        assert self.tracker is not None
+        uri, parts = self.tracker.uri, urlsplit(self.tracker.uri)
+        if parts.username or parts.password:
+            uri = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        return {OUTPUT_LABEL: str(self.output_dir), RUN_LABEL: self.spec.run_id or "", TRACKING_LABEL: uri}
 
     def status(self) -> str:
         if self._thread is not None and not self._done.is_set():

@@ -18,6 +18,7 @@ fixture both call it with a plain request.
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import json
 import logging
@@ -49,6 +50,7 @@ from ...storage import download, is_s3, upload
 log = logging.getLogger("batcat_nb")
 
 JOB_LABEL = "io.batcat.job"  # every container run_request starts carries it
+STAGE_LABEL = "io.batcat.stage"  # the host folder of its /opt/ml: outputs to collect if we die
 _LIVE: dict[str, Any] = {}  # container id -> client, for containers this process has not removed yet
 
 Bind = tuple[str, str, bool]  # host path, container path, read-only
@@ -125,14 +127,16 @@ def run_request(
     user: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     s3: Any = None,
+    labels: Mapping[str, str] | None = None,
 ) -> ProcessingOutcome:
     """Run a ``create_processing_job`` request in a local container, as SageMaker would.
 
     ``extra_mounts`` (host dir -> container dir, read-write) and ``extra_env`` (variables the
     job's config does not record, e.g. credentials) are local additions; ``network_mode`` is the
     network of a job the request does not isolate; ``user`` overrides the image's USER; ``s3`` is
-    the client that moves the channels (default: this process's credentials). The container is
-    always removed.
+    the client that moves the channels (default: this process's credentials); ``labels`` are
+    added to the container's. The container is always removed (``collect_orphans`` does it if
+    this process dies).
     """
     client = client or docker_client()
     stop = stop or threading.Event()
@@ -148,7 +152,8 @@ def run_request(
         if (request.get("NetworkConfig") or {}).get("EnableNetworkIsolation"):
             network_mode = "none"
         binds = [(host, target, False) for host, target in (extra_mounts or {}).items()]
-        container = _Container(client, request, binds, network_mode, resources, user, extra_env)
+        labels = {**(labels or {}), STAGE_LABEL: str(stage.root)}
+        container = _Container(client, request, binds, network_mode, resources, user, extra_env, labels)
         try:
             outcome = container.run(stage, on_log, stop, stop_grace)
             if container.container is not None:
@@ -158,7 +163,9 @@ def run_request(
                         f"exit code {outcome.exit_code}"
                     ]
                     outcome.failure_reason = f"AlgorithmError: {detail[0]}"
-                upload_error = stage.collect_outputs(container, completed=outcome.status == COMPLETED)
+                upload_error = stage.collect_outputs(
+                    container.copy_out, completed=outcome.status == COMPLETED
+                )
                 if upload_error and outcome.status == COMPLETED:
                     outcome.status, outcome.failure_reason = FAILED, upload_error
         finally:
@@ -172,15 +179,17 @@ class _Stage:
     """The platform's side of ``/opt/ml``: config, downloaded inputs and empty output channels,
     packed as root-owned 0755 folders; the outputs, copied back out at the end."""
 
-    def __init__(self, request: Mapping[str, Any], s3: Any = None) -> None:
+    def __init__(self, request: Mapping[str, Any], s3: Any = None, root: Path | None = None) -> None:
         self.request = request
         self.s3 = s3
-        self.root = Path(tempfile.mkdtemp(prefix=f"batcat-{request['ProcessingJobName']}-"))  # 0700
+        self.root = root or Path(tempfile.mkdtemp(prefix=f"batcat-{request['ProcessingJobName']}-"))  # 0700
         self.layout = JobLayout(self.root)
         self.archive = self.root / "platform.tar"
 
     def prepare(self) -> None:
-        """Fetch the inputs and pack everything the platform puts in the container."""
+        """Fetch the inputs and pack everything the platform puts in the container; keep the
+        request beside it, from which ``collect_orphans`` collects a dead launcher's outputs."""
+        (self.root / "request.json").write_text(json.dumps(self.request))
         count = self.request["ProcessingResources"]["ClusterConfig"].get("InstanceCount", 1)
         hosts = [f"algo-{i}" for i in range(1, count + 1)]
         with tarfile.open(self.archive, "w") as tar:
@@ -214,7 +223,7 @@ class _Stage:
             s3 = item["S3Output"]
             yield item["OutputName"], s3["S3Uri"], s3["LocalPath"], s3.get("S3UploadMode", "EndOfJob")
 
-    def collect_outputs(self, container: _Container, completed: bool) -> str | None:
+    def collect_outputs(self, copy_out: Callable[[str, Path], None], completed: bool) -> str | None:
         """Copy the outputs out and upload them: Continuous ones always, EndOfJob ones only for a
         completed job. The first problem, if any."""
         problem = None
@@ -224,7 +233,7 @@ class _Stage:
                 continue
             source = self.layout.output(name)
             try:
-                container.copy_out(local, source)
+                copy_out(local, source)
                 if is_s3(uri):
                     upload(source, uri, self.s3)
                 else:
@@ -275,6 +284,12 @@ def _add_tree(tar: tarfile.TarFile, source: Path, target: str) -> None:
                 tar.addfile(info, handle)
 
 
+def _copy_out(container: Any, path: str, destination: Path) -> None:
+    """A stopped container's folder ``path`` into ``destination``."""
+    stream, _ = container.get_archive(path)
+    _extract(stream, destination)
+
+
 def _extract(stream: Iterable[bytes], destination: Path) -> None:
     """A ``docker cp`` archive of one folder into ``destination``, as this process's user: the
     folder's own name stripped, nothing outside ``destination``, no devices, no owner kept."""
@@ -310,6 +325,7 @@ class _Container:
         resources: ContainerResources | None,
         user: str | None,
         extra_env: Mapping[str, str] | None,
+        labels: Mapping[str, str],
     ) -> None:
         self.client = client
         self.request = request
@@ -326,7 +342,7 @@ class _Container:
             hostname=HOSTNAME,
             network_mode=network_mode,
             mounts=[Mount(target, source, type="bind", read_only=ro) for source, target, ro in binds],
-            labels={JOB_LABEL: request["ProcessingJobName"]},
+            labels={**labels, JOB_LABEL: request["ProcessingJobName"]},
             stop_signal="SIGINT",  # what Processing sends a stopped job, SIGKILL after the grace
             **(resources.docker_kwargs() if resources else {}),
         )
@@ -374,8 +390,7 @@ class _Container:
 
     def copy_out(self, path: str, destination: Path) -> None:
         """The container's folder ``path`` into ``destination`` (the container has exited)."""
-        stream, _ = self.container.get_archive(path)
-        _extract(stream, destination)
+        _copy_out(self.container, path, destination)
 
     def read_message(self) -> str:
         """The first KB of ``/opt/ml/output/message``, or ''."""
@@ -449,6 +464,24 @@ class _Container:
         except Exception as exc:
             log.warning("could not remove container %s: %s", self.container.id[:12], exc)
         _LIVE.pop(self.container.id, None)
+
+
+def collect_orphans(client: Any, label: str, value: str) -> bool:
+    """Containers labelled ``label=value`` whose launcher died: False while one still runs;
+    else each one's outputs are collected from its stage, as ``run_request`` would, and it is
+    removed with its stage."""
+    found = client.containers.list(all=True, filters={"label": f"{label}={value}"})
+    if any(c.status in ("created", "running", "restarting", "paused") for c in found):
+        return False
+    for container in found:
+        stage_root = container.labels.get(STAGE_LABEL)
+        if stage_root and (Path(stage_root) / "request.json").is_file():
+            stage = _Stage(json.loads((Path(stage_root) / "request.json").read_text()), root=Path(stage_root))
+            completed = container.attrs.get("State", {}).get("ExitCode") == 0
+            stage.collect_outputs(functools.partial(_copy_out, container), completed)
+            stage.remove()
+        container.remove(force=True)
+    return True
 
 
 def _watch(container_id: str, client: Any) -> None:

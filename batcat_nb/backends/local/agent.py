@@ -31,6 +31,7 @@ from ..._version import PACKAGE_DIR, __version__
 from ...config import cache_dir
 from ...errors import BatcatError, TrackingError
 from ...manifest import Manifest
+from ...reconcile import reconcile_store
 from ...tracking import Tracker
 
 log = logging.getLogger("batcat_nb")
@@ -73,11 +74,17 @@ def _digest(text: str) -> str:
 def call(op: str, **payload: Any) -> dict[str, Any]:
     """One request to this environment's agent, started if it is not running."""
     path = socket_path()
-    connection = _connect(path) or _start(path)
-    with connection, connection.makefile("rwb") as stream:
-        stream.write(json.dumps({"op": op, **payload}).encode() + b"\n")
-        stream.flush()
-        line = stream.readline()
+    for _ in range(2 if op in _SAFE_TO_REPEAT or payload.get("method") in _REMOTE_READS else 1):
+        connection = _connect(path) or _start(path)
+        try:
+            with connection, connection.makefile("rwb") as stream:
+                stream.write(json.dumps({"op": op, **payload}).encode() + b"\n")
+                stream.flush()
+                line = stream.readline()
+        except OSError:  # reached an agent as it handed over: the next one answers
+            line = b""
+        if line:
+            break
     if not line:
         raise BatcatError(f"the batcat agent ended during '{op}' (log: {path.with_suffix('.log')})")
     reply: dict[str, Any] = json.loads(line)
@@ -118,6 +125,10 @@ def _start(path: Path) -> socket.socket:
         time.sleep(0.05)
     raise BatcatError(f"the batcat agent did not start (log: {path.with_suffix('.log')}); set {AGENT_ENV}=0")
 
+
+# Requests that may be sent again when an agent ended before answering (nothing done twice).
+_SAFE_TO_REPEAT = frozenset({"ping", "complete_run", "reconcile", "stop_job"})
+_REMOTE_READS = frozenset({"experiment_id", "find_run", "finished_children"})
 
 # Tracker methods the agent runs for its clients (their arguments and results are JSON).
 _REMOTE_METHODS = frozenset(
@@ -174,6 +185,9 @@ class AgentTracker(Tracker):
     def end_run(self, run_id: str, status: str, tags: Any, metrics: Any) -> None:
         self._remote("end_run", run_id=run_id, status=status, tags=dict(tags), metrics=dict(metrics))
 
+    def reconcile(self) -> None:
+        call("reconcile", uri=self.uri)
+
     def complete_run(self, run_id: str, manifest: Manifest, output_dir: Path | None) -> None:
         call(
             "complete_run",
@@ -215,6 +229,11 @@ class AgentJob:
     def running(self) -> bool:
         return not self._done.is_set()
 
+    @property
+    def lost(self) -> bool:
+        """The agent ended before answering: the job itself may still be running."""
+        return self._done.is_set() and self._error is not None
+
     def wait(self, timeout: float | None) -> bool:
         return self._done.wait(timeout)
 
@@ -240,6 +259,34 @@ class _Agent:
         self.last_seen = time.monotonic()
         self.busy = 0
         self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self._connections = 0
+        self._drained = threading.Condition()
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Any:
+        """One connection, from its request to its reply; ``drain`` waits for them all."""
+        with self._drained:
+            self._connections += 1
+        try:
+            yield
+        finally:
+            with self._drained:
+                self._connections -= 1
+                self._drained.notify_all()
+
+    def drain(self) -> None:
+        with self._drained:
+            self._drained.wait_for(lambda: self._connections == 0)
+
+    def orphaned(self, request: dict[str, Any]) -> None:
+        """A job whose client was killed has ended: complete its run from its manifest."""
+        uri = request.get("env", {}).get("MLFLOW_TRACKING_URI") if request.get("op") == "run_job" else None
+        if uri:
+            try:
+                reconcile_store(self.tracker(uri))
+            except Exception:
+                log.exception("completing the runs of %s", uri)
 
     def tracker(self, uri: str) -> Tracker:
         with self.lock:
@@ -261,6 +308,9 @@ class _Agent:
             self.pool.grow(request.get("parallel", 1))
             future = self.pool.dispatch(Path(request["root"]), request["env"], replace_env=True)
             return {"exit": future.result()}
+        if op == "reconcile":
+            reconcile_store(self.tracker(request["uri"]))
+            return {}
         if op == "stop_job":
             self.pool.stop(Path(request["root"]))
             return {}
@@ -291,37 +341,52 @@ class _Agent:
 
 
 def serve(path: Path, idle: float) -> None:
-    """Answer requests on ``path`` until idle for ``idle`` seconds."""
-    with open(path.with_suffix(".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # another agent for this environment is starting or running
-        agent = _Agent(path, idle)
-        path.unlink(missing_ok=True)
+    """Answer requests on ``path`` until idle for ``idle`` seconds or told to stop (SIGTERM).
 
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
+    Stopping hands over at once: the socket and the lock go first, so that the next client
+    starts a new agent without waiting; the requests under way (jobs still running) are
+    answered before this process exits.
+    """
+    lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115  (released at the hand-over)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return  # another agent for this environment is starting or running
+    agent = _Agent(path, idle)
+    path.unlink(missing_ok=True)
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            with agent.in_flight():
                 line = self.rfile.readline()
-                if line:
-                    reply = agent.answer(json.loads(line))
+                if not line:
+                    return
+                request = json.loads(line)
+                reply = agent.answer(request)
+                try:
                     self.wfile.write(json.dumps(reply).encode() + b"\n")
+                    self.wfile.flush()
+                except OSError:  # the client is gone (killed): complete what it cannot
+                    agent.orphaned(request)
 
-        server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
-        server.daemon_threads = True
-        signal.signal(signal.SIGTERM, lambda *_: setattr(agent, "idle", 0.0))  # the watcher stops it
-        threading.Thread(target=_watch_idle, args=(agent, server), daemon=True).start()
-        try:
-            server.serve_forever(poll_interval=0.5)
-        finally:
-            path.unlink(missing_ok=True)
-            server.server_close()
-            agent.pool.close()
+    server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    threading.Thread(target=_watch_idle, args=(agent, server), daemon=True).start()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        path.unlink(missing_ok=True)
+        server.server_close()
+        lock.close()  # a new agent may start now
+        agent.drain()
+        agent.pool.close()
 
 
 def _watch_idle(agent: _Agent, server: socketserver.BaseServer) -> None:
-    while agent.idle_for() < agent.idle:
-        time.sleep(min(1.0, agent.idle / 4))
+    while agent.idle_for() < agent.idle and not agent.stopping.is_set():
+        agent.stopping.wait(min(1.0, agent.idle / 4))
     server.shutdown()
 
 

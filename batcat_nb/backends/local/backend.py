@@ -15,8 +15,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
 
+from ... import lease
 from ...errors import KernelNotFound, UsageError
 from ...layout import CODE_CHANNEL, ML_ROOT_ENV, NOTEBOOK_CHANNEL, JobLayout
 from ...manifest import RUNNING, Manifest
@@ -105,6 +105,7 @@ class LocalHandle(JobHandle):
         super().__init__(spec)
         self.output_dir = Path(spec.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._lease = lease.hold(self.output_dir)  # `batcat runs reconcile` leaves the run to us
         self.root = Path(tempfile.mkdtemp(prefix=f"batcat-{spec.job_name}-"))
         self.layout = JobLayout(self.root)
         self._message = ""
@@ -113,15 +114,17 @@ class LocalHandle(JobHandle):
         self._follower: threading.Thread | None = None
         if pool is not None:
             self._run = _PooledWorker(pool, self.root)
-        elif agent.enabled():
-            self._run = agent.AgentJob(self.root, parallel)
+        else:
+            self._run = (
+                agent.AgentJob(self.root, parallel)
+                if agent.enabled()
+                else _OwnWorker(self.root, self.log_path)
+            )
             if spec.log_output:
                 self._follower = threading.Thread(
                     target=_follow, args=(self.log_path, self._run), daemon=True
                 )
                 self._follower.start()
-        else:
-            self._run = _OwnWorker(self.root, self.log_path, spec)
         self._progress: CellProgress | None = None
 
     def _lay_out(self) -> None:
@@ -162,6 +165,8 @@ class LocalHandle(JobHandle):
     def _wait_for_exit(self, timeout: float | None) -> bool:
         if not self._run.wait(timeout):
             return False
+        if getattr(self._run, "lost", False) and self._lease is not None:
+            lease.wait_for_others(self._lease)  # the agent died; its worker may still run the job
         if self._follower is not None:
             self._follower.join()
         if self._progress is not None:
@@ -185,21 +190,23 @@ class LocalHandle(JobHandle):
 
 
 class _OwnWorker:
-    """One worker process for one job, started at once; the run's ids follow on its stdin."""
+    """One worker process for one job, started at once; the run's ids follow on its stdin.
 
-    def __init__(self, root: Path, log_path: Path, spec: JobSpec) -> None:
+    Its output goes straight to the job's log (the launcher follows the file): a worker whose
+    launcher was killed finishes its job and writes its manifest all the same.
+    """
+
+    def __init__(self, root: Path, log_path: Path) -> None:
         env = {**os.environ, ML_ROOT_ENV: str(root), TRACKING_FROM_STDIN_ENV: "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "batcat_nb.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches us, not the worker: we stop it cleanly
-        )
-        echo = sys.stderr if spec.log_output else None
-        self._pump = threading.Thread(target=_pump, args=(self.process.stdout, log_path, echo), daemon=True)
-        self._pump.start()
+        with log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "batcat_nb.worker"],
+                stdin=subprocess.PIPE,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches us, not the worker: we stop it cleanly
+            )
 
     def start(self, env: dict[str, str]) -> None:
         self._send(json.dumps(env) + "\n")
@@ -222,7 +229,6 @@ class _OwnWorker:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             return False
-        self._pump.join()
         return True
 
     def stop(self) -> None:
@@ -266,8 +272,8 @@ class _PooledWorker:
             self.pool.stop(self.root)
 
 
-def _follow(log_path: Path, job: agent.AgentJob) -> None:
-    """Echo a job's log file to the terminal while it grows (jobs the agent runs)."""
+def _follow(log_path: Path, job: agent.AgentJob | _OwnWorker) -> None:
+    """Echo a job's log file to the terminal while it grows; a closed terminal ends the echo."""
     position = 0
     while True:
         finished = not job.running()
@@ -276,8 +282,11 @@ def _follow(log_path: Path, job: agent.AgentJob) -> None:
                 log_file.seek(position)
                 chunk = log_file.read()
             position += len(chunk)
-            sys.stderr.write(chunk.decode(errors="replace"))
-            sys.stderr.flush()
+            try:
+                sys.stderr.write(chunk.decode(errors="replace"))
+                sys.stderr.flush()
+            except OSError:  # the terminal was closed (SIGHUP): the job goes on, its log too
+                return
         if finished:
             return
         job.wait(0.1)
@@ -286,16 +295,3 @@ def _follow(log_path: Path, job: agent.AgentJob) -> None:
 def _link(path: Path, target: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.symlink_to(target, target_is_directory=target.is_dir())
-
-
-def _pump(stream: IO[bytes] | None, log_path: Path, echo: IO[str] | None) -> None:
-    """Copy the worker's output to its log file and, when asked, to the terminal."""
-    if stream is None:
-        return
-    with log_path.open("ab") as log_file:
-        for chunk in iter(lambda: stream.read1(4096), b""):  # type: ignore[attr-defined]
-            log_file.write(chunk)
-            log_file.flush()
-            if echo is not None:
-                echo.write(chunk.decode(errors="replace"))
-                echo.flush()

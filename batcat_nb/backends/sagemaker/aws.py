@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ...errors import BackendError, UsageError
+from ...errors import BackendError, BatcatError, ServiceError, UsageError
 
 # Requests are checked against botocore's service model in batcat_nb.service_model (the Docker
 # backend checks its requests there too); re-exported for the callers of this module.
@@ -45,6 +45,7 @@ THROTTLING_CODES = frozenset(
     }
 )
 TRANSIENT_CODES = frozenset({"InternalFailure", "InternalError", "ServiceUnavailable", "InternalServerError"})
+_NETWORK_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"})
 
 ROLE_ARN = re.compile(r"arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+")
 
@@ -133,10 +134,20 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def translate(exc: BaseException, doing: str) -> BackendError:
-    """An AWS failure as one line naming what was being done and, where known, the fix."""
+def translate(exc: BaseException, doing: str) -> BatcatError:
+    """An AWS failure as one line naming what was being done and, where known, the fix.
+
+    A failure on AWS's side (5xx, throttling, the network), still there after botocore's
+    retries, is a ServiceError: the user did nothing wrong and may try again.
+    """
     code = error_code(exc)
     name = type(exc).__name__
+    if name in _NETWORK_ERRORS:
+        return ServiceError(f"{doing}: {reason(exc)}; check the network and AWS_ENDPOINT_URL, then try again")
+    if is_retryable(exc):
+        return ServiceError(
+            f"{doing}: {reason(exc)}; AWS is failing or throttling: try again in a few minutes"
+        )
     if name in ("NoCredentialsError", "PartialCredentialsError") or code in (
         "InvalidClientTokenId",
         "UnrecognizedClientException",
@@ -150,8 +161,6 @@ def translate(exc: BaseException, doing: str) -> BackendError:
         hint = "; pass --region or set AWS_DEFAULT_REGION"
     elif code in ("AccessDenied", "AccessDeniedException", "403"):
         hint = "; the credentials in use lack the permission: check the IAM policy"
-    elif name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"):
-        hint = "; check the network and AWS_ENDPOINT_URL"
     else:
         hint = ""
     return BackendError(f"{doing}: {reason(exc)}{hint}")

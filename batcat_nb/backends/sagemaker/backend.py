@@ -23,7 +23,7 @@ from typing import Any
 
 from ...config import parse_pairs
 from ...contract import check_request, include_paths, on_loopback, request_tags
-from ...errors import BackendError, UsageError
+from ...errors import BackendError, ServiceError, UsageError
 from ...layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
 from ...manifest import FAILED, KILLED, RUNNING
 from ...redact import without_credentials
@@ -402,7 +402,7 @@ class SageMakerHandle(JobHandle):
         for delay in aws.backoff(first=min(1.0, poll), cap=poll):
             try:
                 status = self.describe().get("ProcessingJobStatus")
-            except BackendError as exc:
+            except (BackendError, ServiceError) as exc:
                 if not aws.is_retryable(exc.__cause__ or exc):
                     raise
                 status = None
