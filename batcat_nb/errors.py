@@ -8,7 +8,8 @@ BatcatError                 root of everything raised on purpose
 │   ├── BackendError        unknown backend, backend not available
 │   ├── ConfigError         unknown config key, bad value
 │   ├── ImageBuildError     the runner image could not be built
-│   └── TrackingError       the MLflow store cannot be reached or written
+│   ├── TrackingError       the MLflow store cannot be reached or written
+│   └── UnsafePath          an S3 key or a link would lead outside its destination
 └── RunFailed               ``RunResult.raise_for_status()`` on a failed run
 """
 
@@ -52,6 +53,10 @@ class ImageBuildError(UsageError):
 
 class TrackingError(UsageError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class UnsafePath(UsageError):
+    """An S3 key (or a name from a job) would make this host write outside the destination."""
 
 
 class RunFailed(BatcatError):

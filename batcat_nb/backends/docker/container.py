@@ -37,7 +37,7 @@ from ...contract import (
 )
 from ...errors import BackendError, UsageError
 from ...layout import MESSAGE_LIMIT, JobLayout
-from ...storage import download, is_s3, upload
+from ...storage import download, is_s3, output_files, upload
 
 log = logging.getLogger("batcat_nb")
 
@@ -163,7 +163,9 @@ class _Stage:
 
     def prepare(self) -> list[Bind]:
         """Write the config, fetch the inputs; return the bind mounts for all of it."""
-        self.root.chmod(0o755)  # any container user may read what we stage
+        # The root stays private (mkdtemp: 0700): other users of this host cannot reach the config,
+        # the parameters or the outputs below it. A container sees only the folders bound into it,
+        # with their own modes, so that is no obstacle to the image's user.
         config = self.layout.config_dir
         config.mkdir(parents=True)
         (config / "processingjobconfig.json").write_text(json.dumps(job_config(self.request), indent=2))
@@ -219,7 +221,7 @@ class _Stage:
                 if is_s3(uri):
                     upload(source, uri)
                 else:
-                    shutil.copytree(source, local_path(uri), dirs_exist_ok=True, symlinks=True)
+                    _copy_output(source, local_path(uri))
             except Exception as exc:
                 log.warning("output '%s': cannot copy to %s: %s", name, uri, exc)
                 problem = problem or f"ClientError: output '{name}' could not be written to {uri}: {exc}"
@@ -227,6 +229,14 @@ class _Stage:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _copy_output(source: Path, destination: Path) -> None:
+    """The output's files into ``destination``, paths kept; links out of the output are not followed."""
+    for path in output_files(source):
+        target = destination / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
 
 
 class _Container:

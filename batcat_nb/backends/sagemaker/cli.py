@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from ...errors import UnsafePath
+
 SECTION = "SageMaker"
 # option name -> SageMakerConfig key; only values given on the command line are passed on.
 OPTION_KEYS = {
@@ -180,6 +182,8 @@ def download(job: str, output_dir: str | None, region: str | None) -> None:
         target = destination if name == NOTEBOOK_CHANNEL else destination / name
         try:
             counts[name] = storage.download(uri, target, s3, folder=True)
+        except UnsafePath:
+            raise
         except Exception as exc:
             raise aws.translate(exc, f"downloading output '{name}' from {uri}") from None
     click.echo(f"{job} -> {destination}")
