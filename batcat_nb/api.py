@@ -14,7 +14,7 @@ from .config import CoreConfig, resolve
 from .contract import MAX_INPUTS, check_channels
 from .errors import TrackingError, UsageError
 from .layout import RESERVED_CHANNELS
-from .notebook import load_notebook
+from .notebook import kernel_alias, load_notebook
 from .parameters import effective_parameters, given_only, recorded
 from .result import INTERRUPTED, RunResult
 from .spec import JobSpec, RunRequest, job_name
@@ -51,7 +51,7 @@ def resolve_spec(request: RunRequest) -> JobSpec:
         job_name=name,
         notebook=str(notebook.path.resolve()),
         notebook_sha256=notebook.sha256,
-        kernel=config.kernel or notebook.kernel_name or DEFAULT_KERNEL,
+        kernel=kernel_alias(config.kernel or notebook.kernel_name or DEFAULT_KERNEL),
         backend=config.backend,
         experiment=config.experiment or notebook.name,
         parameters=given_only(effective),
