@@ -105,19 +105,20 @@ def _target(destination: Path, bucket: str, prefix: str, key: str) -> Path:
     return target
 
 
-def output_files(source: Path) -> list[Path]:
+def output_files(source: Path, *, links_out: bool = False) -> list[Path]:
     """The files of an output (or ``source`` itself), sorted, without following a link out.
 
     A job controls its output: a link ``x -> ~/.aws/credentials`` must not carry a host file to
     S3 or MLflow. Links to files inside the output are kept; links to directories are not walked
-    (what they point to inside is listed anyway); links leading out are skipped with a warning."""
+    (what they point to inside is listed anyway); links leading out are skipped with a warning,
+    unless ``links_out`` (a folder the user chose, such as a local input)."""
     if not source.is_dir():
         return [source] if source.is_file() else []  # a file named by the user, not by a job
     root, found = source.resolve(), []
     for directory, subdirs, files in os.walk(source):
         for name in subdirs + files:
             path = Path(directory) / name
-            if path.is_symlink() and _escapes(path, root):
+            if not links_out and _escapes(path, root):
                 log.warning("not copying %s: it links outside the output (%s)", path, os.readlink(path))
             elif name in files and path.is_file():
                 found.append(path)
@@ -128,14 +129,22 @@ def _escapes(path: Path, root: Path) -> bool:
     return path.is_symlink() and not path.resolve().is_relative_to(root.resolve())
 
 
-def upload(source: Path, uri: str, client: Any = None, extra_args: dict[str, str] | None = None) -> int:
+def upload(
+    source: Path,
+    uri: str,
+    client: Any = None,
+    extra_args: dict[str, str] | None = None,
+    *,
+    links_out: bool = False,
+) -> int:
     """Every file under ``source`` (or the file itself) to the S3 prefix ``uri``; the count.
 
-    ``extra_args`` go to each put (``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key}``)."""
+    ``extra_args`` go to each put (``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key}``);
+    ``links_out`` follows links out of ``source`` (see ``output_files``)."""
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/")
     client = client or s3_client()
-    files = output_files(source)
+    files = output_files(source, links_out=links_out)
     for path in files:
         relative = path.name if path == source else path.relative_to(source).as_posix()
         key = f"{prefix}/{relative}" if prefix else relative

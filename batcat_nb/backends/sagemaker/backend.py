@@ -320,7 +320,8 @@ class SageMakerHandle(JobHandle):
             s3.put_object(Bucket=job_bucket, Key=job_key + "job.json", Body=body, **encryption)
             for name, source in spec.inputs.items():
                 if not is_s3(source):
-                    upload(Path(source), self._inputs[name], s3, extra_args=encryption)
+                    # the user's own folder: its links are followed, as they chose them
+                    upload(Path(source), self._inputs[name], s3, extra_args=encryption, links_out=True)
         except Exception as exc:
             raise aws.translate(
                 exc, f"staging {spec.job_name} in {resolved.job_uri(spec.job_name)}"

@@ -76,8 +76,9 @@ def test_include_ships_what_git_would_commit_and_never_secrets_unless_named(proj
     ]
 
 
-def test_kms_key_encrypts_every_staged_object(project, options, bucket):
-    write(project, {"helper.py": "", "data/a.csv": "x\n1\n"})
+def test_kms_key_encrypts_every_staged_object_and_input_links_are_followed(project, options, bucket):
+    write(project, {"helper.py": "", "data/a.csv": "x\n1\n", "shared/b.csv": "x\n2\n"})
+    (project / "data" / "b.csv").symlink_to(project / "shared" / "b.csv")  # the user's own link
 
     prefix = stage(project, {**options, "include": ["helper.py"], "kms_key": KEY}, inputs={"data": "data"})
 
@@ -88,6 +89,7 @@ def test_kms_key_encrypts_every_staged_object(project, options, bucket):
         "code/helper.py",
         "batcat/job.json",
         "data/a.csv",
+        "data/b.csv",
     }
     for key in staged:
         head = s3.head_object(Bucket=bucket, Key=key)
