@@ -17,7 +17,7 @@ from .config import CoreConfig, resolve
 from .contract import MAX_INPUTS, check_channels
 from .errors import TrackingError, UsageError
 from .layout import RESERVED_CHANNELS
-from .notebook import Notebook, load_notebook
+from .notebook import Notebook, kernel_alias, load_notebook
 from .parameters import check_names, effective_parameters, given_only, recorded
 from .redact import looks_secret
 from .result import RunResult, interruption
@@ -62,7 +62,7 @@ def resolve_spec(request: RunRequest, notebook: Notebook | None = None) -> JobSp
         job_name=name,
         notebook=str(notebook.path.resolve()),
         notebook_sha256=notebook.sha256,
-        kernel=config.kernel or notebook.kernel_name or DEFAULT_KERNEL,
+        kernel=kernel_alias(config.kernel or notebook.kernel_name or DEFAULT_KERNEL),
         backend=config.backend,
         experiment=config.experiment or notebook.name,
         parameters=given_only(effective),

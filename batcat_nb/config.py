@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import typing
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # tomllib arrived in 3.11; tomli is the same parser under another name
+    import tomli as tomllib
 
 from .errors import ConfigError, did_you_mean
 from .provenance import project_dir

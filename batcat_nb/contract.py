@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from .errors import UsageError
+from .includes import shipped_files
 from .layout import CONTAINER_ROOT, NOTEBOOK_CHANNEL, JobLayout
 from .redact import without_credentials
 from .storage import is_s3
@@ -269,12 +270,12 @@ def include_paths(entries: Iterable[str]) -> list[Path]:
 
 def code_files(notebook: Path, include: Iterable[Path] = ()) -> list[tuple[Path, str]]:
     """The code channel's files and their paths in it: the notebook, then every ``include``d file
-    (relative to the notebook's directory when inside it, else under the include's own name)."""
+    (relative to the notebook's directory when inside it, else under the include's own name);
+    a directory ships what ``includes.shipped_files`` lets through."""
     files = [(notebook, notebook.name)]
     for path in include:
         base = notebook.parent if path.is_relative_to(notebook.parent) else path.parent
-        found = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        files += [(f, f.relative_to(base).as_posix()) for f in found]
+        files += [(f, f.relative_to(base).as_posix()) for f in shipped_files(path)]
     return files
 
 

@@ -9,7 +9,8 @@ BatcatError                 root of everything raised on purpose
 │   ├── ConfigError         unknown config key, bad value
 │   ├── WorkflowError       a workflow file's problem, naming its place (file: steps.x.needs: ...)
 │   ├── ImageBuildError     the runner image could not be built
-│   └── TrackingError       the MLflow store cannot be reached or written
+│   ├── TrackingError       the MLflow store cannot be reached or written
+│   └── UnsafePath          an S3 key or a link would lead outside its destination
 ├── ServiceError            a service failed on its side (AWS 5xx, throttling): exit 1, try again
 └── RunFailed               ``RunResult.raise_for_status()`` on a failed run
 """
@@ -62,6 +63,10 @@ class TrackingError(UsageError):
 
 class ServiceError(BatcatError):
     """A service failed on its side, even after retries; not the user's mistake: try again later."""
+
+
+class UnsafePath(UsageError):
+    """An S3 key (or a name from a job) would make this host write outside the destination."""
 
 
 class RunFailed(BatcatError):

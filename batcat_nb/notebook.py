@@ -15,6 +15,9 @@ from .errors import NotebookError
 
 PARAMETERS_TAG = "parameters"
 TEXT_SUFFIXES = (".py", ".md")  # notebooks as text, read with jupytext
+# jupyter_client's KernelManager starts python3 for a notebook whose kernelspec says "python",
+# and looks kernel names up in lower case: papermill runs such notebooks, so batcat does too.
+_KERNEL_ALIASES = {"python": "python3"}
 
 # Types a parameter's default or annotation can declare, by the name users see.
 _TYPE_NAMES = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict"}
@@ -87,14 +90,28 @@ class Notebook:
         return None
 
     def parameters(self) -> list[Parameter] | None:
-        """The declared parameters, or None when there is no ``parameters`` cell."""
+        """The declared parameters, or None when there is no ``parameters`` cell; a cell with
+        a line that is not Python is refused, naming that line."""
+        source = self._parameters_source()
+        return None if source is None else parse_parameters(source)
+
+    def readable_parameters(self) -> tuple[list[Parameter], list[tuple[int, str]]] | None:
+        """What can be read of the ``parameters`` cell, and the (line number, line) skipped,
+        as ``papermill --help-notebook`` lists them; None without such a cell."""
+        source = self._parameters_source()
+        return None if source is None else read_parameters(source)
+
+    def _parameters_source(self) -> str | None:
         cell = self.parameters_cell()
         if cell is None:
             return None
         source = cell.get("source", "")
-        if isinstance(source, list):
-            source = "".join(source)
-        return parse_parameters(source)
+        return "".join(source) if isinstance(source, list) else str(source)
+
+
+def kernel_alias(name: str) -> str:
+    """The kernel jupyter_client starts for ``name``."""
+    return _KERNEL_ALIASES.get(name.lower(), name.lower())
 
 
 def load_notebook(path: str | Path) -> Notebook:
@@ -146,13 +163,32 @@ def _read_text_notebook(path: Path, raw: bytes) -> dict[str, Any]:
 
 def parse_parameters(source: str) -> list[Parameter]:
     """The assignments of a Python parameters cell, with types, defaults and help comments."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as exc:
+    found, skipped = read_parameters(source)
+    if skipped:
+        number, line = skipped[0]
         raise NotebookError(
-            f"the parameters cell is not valid Python (line {exc.lineno}: {exc.msg})"
-        ) from None
+            f"the parameters cell is not valid Python: line {number} {line.strip()!r}; "
+            "keep only assignments there (move magics and other code to the next cell)"
+        )
+    return found
+
+
+def read_parameters(source: str) -> tuple[list[Parameter], list[tuple[int, str]]]:
+    """The parameters of a cell, skipping each line that is not Python (a ``%magic``, a typo)
+    and the statements it breaks; returns them and the (line number, line) skipped."""
     lines = source.splitlines()
+    skipped: list[tuple[int, str]] = []
+    while True:
+        try:
+            tree = ast.parse("\n".join(lines))
+            break
+        except SyntaxError as exc:
+            number = exc.lineno or 0
+            if not 0 < number <= len(lines) or not lines[number - 1].strip():
+                return [], [*skipped, (number, exc.msg)]  # nothing left to skip: give up
+            skipped.append((number, lines[number - 1]))
+            lines[number - 1] = ""  # line numbers stay those of the cell
+    source = "\n".join(lines)
     comments = _line_comments(source)
     found: dict[str, Parameter] = {}
     for node in tree.body:
@@ -170,7 +206,7 @@ def parse_parameters(source: str) -> list[Parameter]:
         if not help_text and node.lineno > 1:
             help_text = _comment_line(lines[node.lineno - 2])
         found[target.id] = Parameter(target.id, type_name, default, help_text, optional)
-    return list(found.values())
+    return list(found.values()), sorted(skipped)
 
 
 def _declared_type(value: ast.expr, annotation: ast.expr | None, source: str) -> tuple[str, bool]:

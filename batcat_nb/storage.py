@@ -6,11 +6,14 @@ itself does, which is how tests point it at a moto server.
 
 from __future__ import annotations
 
+import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import UsageError
+from .errors import UnsafePath, UsageError
+
+log = logging.getLogger("batcat_nb")
 
 
 def is_s3(uri: str) -> bool:
@@ -81,22 +84,24 @@ def check_input(name: str, uri: str) -> None:
 def download(uri: str, destination: Path, client: Any = None, *, folder: bool = False) -> int:
     """Every object whose key starts with the S3 prefix ``uri`` into ``destination``, paths kept
     relative to the prefix, as SageMaker Processing does for an ``S3Prefix`` input; with
-    ``folder``, only what is under ``uri/``. Returns the count."""
+    ``folder``, only what is under ``uri/``. Returns the count.
+
+    Nothing is written unless every key stays inside ``destination``: a bucket never decides
+    where this host writes (a key ``out/../../.bashrc`` is refused, naming it)."""
     bucket, prefix = split_s3(uri)
     if folder and prefix and not prefix.endswith("/"):
         prefix += "/"
     client = client or s3_client()
-    count = 0
+    targets = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             key = item["Key"]
-            if key.endswith("/"):
-                continue
-            target = destination / (key[len(prefix) :].lstrip("/") or key.rsplit("/", 1)[-1])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(target))
-            count += 1
-    return count
+            if not key.endswith("/"):
+                targets.append((key, _target(destination, bucket, prefix, key)))
+    for key, target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, key, str(target))
+    return len(targets)
 
 
 def download_versions(uri: str, destination: Path, versions: dict[str, str], client: Any = None) -> int:
@@ -104,11 +109,8 @@ def download_versions(uri: str, destination: Path, versions: dict[str, str], cli
     relative to the prefix ``uri`` as ``download`` does: a rerun reads what its original read."""
     bucket, prefix = split_s3(uri)
     client = client or s3_client()
-    root = destination.resolve()
-    for key, version in sorted(versions.items()):
-        target = (destination / (key[len(prefix) :].lstrip("/") or key.rsplit("/", 1)[-1])).resolve()
-        if not target.is_relative_to(root):
-            raise UsageError(f"object {key!r} would land outside {destination}; not downloaded")
+    targets = [(key, version, _target(destination, bucket, prefix, key)) for key, version in versions.items()]
+    for key, version, target in sorted(targets):
         target.parent.mkdir(parents=True, exist_ok=True)
         client.download_file(bucket, key, str(target), ExtraArgs={"VersionId": version})
     return len(versions)
@@ -134,15 +136,66 @@ def list_objects(uri: str, client: Any = None) -> list[dict[str, Any]]:
     return sorted(listed, key=lambda item: item["Key"])
 
 
-def upload(source: Path, uri: str, client: Any = None) -> int:
-    """Every file under ``source`` (or the file itself) to the S3 prefix ``uri``; the count."""
+def _target(destination: Path, bucket: str, prefix: str, key: str) -> Path:
+    """Where ``key`` lands under ``destination``; UnsafePath if that is outside it."""
+    relative = key[len(prefix) :]
+    if prefix and not prefix.endswith("/"):
+        relative = relative.removeprefix("/")  # the separator after a non-folder prefix
+    relative = relative or key.rsplit("/", 1)[-1]
+    root = destination.resolve()
+    target = root.joinpath(*PurePosixPath(relative).parts).resolve()
+    if relative.startswith("/") or target == root or not target.is_relative_to(root):
+        raise UnsafePath(
+            f"refusing s3://{bucket}/{key}: its key leads outside {destination}; "
+            "remove that object or download another prefix"
+        )
+    return target
+
+
+def output_files(source: Path, *, links_out: bool = False) -> list[Path]:
+    """The files of an output (or ``source`` itself), sorted, without following a link out.
+
+    A job controls its output: a link ``x -> ~/.aws/credentials`` must not carry a host file to
+    S3 or MLflow. Links to files inside the output are kept; links to directories are not walked
+    (what they point to inside is listed anyway); links leading out are skipped with a warning,
+    unless ``links_out`` (a folder the user chose, such as a local input)."""
+    if not source.is_dir():
+        return [source] if source.is_file() else []  # a file named by the user, not by a job
+    root, found = source.resolve(), []
+    for directory, subdirs, files in os.walk(source):
+        for name in subdirs + files:
+            path = Path(directory) / name
+            if not links_out and _escapes(path, root):
+                log.warning("not copying %s: it links outside the output (%s)", path, os.readlink(path))
+            elif name in files and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
+def _escapes(path: Path, root: Path) -> bool:
+    return path.is_symlink() and not path.resolve().is_relative_to(root.resolve())
+
+
+def upload(
+    source: Path,
+    uri: str,
+    client: Any = None,
+    extra_args: dict[str, str] | None = None,
+    *,
+    links_out: bool = False,
+) -> int:
+    """Every file under ``source`` (or the file itself) to the S3 prefix ``uri``; the count.
+
+    ``extra_args`` go to each put (``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key}``);
+    ``links_out`` follows links out of ``source`` (see ``output_files``)."""
     bucket, prefix = split_s3(uri)
     prefix = prefix.rstrip("/")
     client = client or s3_client()
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    files = output_files(source, links_out=links_out)
     for path in files:
         relative = path.name if path == source else path.relative_to(source).as_posix()
-        client.upload_file(str(path), bucket, f"{prefix}/{relative}" if prefix else relative)
+        key = f"{prefix}/{relative}" if prefix else relative
+        client.upload_file(str(path), bucket, key, ExtraArgs=extra_args or None)
     return len(files)
 
 

@@ -21,6 +21,7 @@ from .errors import TrackingError
 from .manifest import Manifest
 from .provenance import project_dir
 from .redact import mask_uri, without_credentials
+from .storage import output_files
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -214,7 +215,9 @@ class Tracker:
         for start in range(0, max(len(metrics), 1), 1000):
             client.log_batch(run_id, metrics=metrics[start : start + 1000], tags=tags if start == 0 else [])
         if output_dir is not None and output_dir.is_dir():
-            client.log_artifacts(run_id, str(output_dir))
+            for path in output_files(output_dir):  # never a link out of the output
+                folder = path.parent.relative_to(output_dir).as_posix()
+                client.log_artifact(run_id, str(path), None if folder == "." else folder)
         client.set_tag(run_id, TAG_COMPLETED, "true")
         client.set_terminated(run_id, status=manifest.status, end_time=stamp)
 

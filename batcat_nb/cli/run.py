@@ -68,16 +68,19 @@ def inspect(notebook: str) -> None:
     from ..notebook import load_notebook
 
     nb = load_notebook(notebook)
-    declared = nb.parameters()
+    readable = nb.readable_parameters()
     click.echo(f"Parameters of {nb.path}")
-    if declared is None:
+    if readable is None:
         click.echo("  (no cell tagged 'parameters': values are injected at the top)")
         return
+    declared, skipped = readable
     width = max((len(p.name) for p in declared), default=0)
     for p in declared:
         kind = p.type_name or "any"
         line = f"  {p.name:<{width}}  {kind:<6} (default {p.default})"
         click.echo(f"{line}  {p.help}".rstrip())
+    for number, text in skipped:  # as papermill --help-notebook: read what can be read
+        click.echo(f"batcat: skipped parameters line {number} (not Python): {text.strip()}", err=True)
 
 
 @click.command()

@@ -235,8 +235,8 @@ class DockerHandle(JobHandle):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._lease = lease.hold(self.output_dir)  # `batcat runs reconcile` leaves the run to us
         # The code channel holds what SageMaker's would: the notebook and the --include'd files.
+        # Private (0700): the parameters in job.json are for this user and the container alone.
         self.job_dir = Path(tempfile.mkdtemp(prefix=f"batcat-{spec.job_name}-job-"))
-        self.job_dir.chmod(0o755)
         stage_files(code_files(Path(spec.notebook), config.includes()), self.job_dir / CODE_CHANNEL)
         (self.job_dir / JOB_CHANNEL).mkdir()
         (self.job_dir / JOB_CHANNEL / "job.json").write_text(json.dumps(spec.worker_job(), indent=2))

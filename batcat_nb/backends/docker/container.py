@@ -45,7 +45,7 @@ from ...contract import (
 )
 from ...errors import BackendError, UsageError
 from ...layout import MESSAGE_LIMIT, JobLayout
-from ...storage import download, is_s3, upload
+from ...storage import download, is_s3, output_files, upload
 
 log = logging.getLogger("batcat_nb")
 
@@ -237,7 +237,7 @@ class _Stage:
                 if is_s3(uri):
                     upload(source, uri, self.s3)
                 else:
-                    shutil.copytree(source, local_path(uri), dirs_exist_ok=True, symlinks=True)
+                    _copy_output(source, local_path(uri))
             except Exception as exc:
                 log.warning("output '%s': cannot copy to %s: %s", name, uri, exc)
                 problem = problem or f"ClientError: output '{name}' could not be written to {uri}: {exc}"
@@ -310,6 +310,14 @@ def _extract(stream: Iterable[bytes], destination: Path) -> None:
                     log.warning("not copied out of the container: %s", exc)
                     continue
                 tar.extract(safe, destination, filter="fully_trusted")
+
+
+def _copy_output(source: Path, destination: Path) -> None:
+    """The output's files into ``destination``, paths kept; links out of the output are not followed."""
+    for path in output_files(source):
+        target = destination / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
 
 
 class _Container:

@@ -33,6 +33,7 @@ from ...errors import BatcatError, TrackingError
 from ...manifest import Manifest
 from ...reconcile import reconcile_store
 from ...tracking import Tracker
+from . import agent_guard as guard
 
 log = logging.getLogger("batcat_nb")
 
@@ -53,6 +54,7 @@ def enabled() -> bool:
 def agent_dir() -> Path:
     directory = Path(os.environ.get(AGENT_DIR_ENV) or cache_dir() / "agents")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    guard.check_private(directory, AGENT_DIR_ENV)
     return directory
 
 
@@ -74,13 +76,14 @@ def _digest(text: str) -> str:
 def call(op: str, **payload: Any) -> dict[str, Any]:
     """One request to this environment's agent, started if it is not running."""
     path = socket_path()
+    if path not in _answering:  # once per process: a socket that never answers must not hang us
+        with _connect(path) or _start(path) as connection:
+            _request(connection, {"op": "ping"}, guard.timeout(), path)
+        _answering.add(path)
     for _ in range(2 if op in _SAFE_TO_REPEAT or payload.get("method") in _REMOTE_READS else 1):
-        connection = _connect(path) or _start(path)
         try:
-            with connection, connection.makefile("rwb") as stream:
-                stream.write(json.dumps({"op": op, **payload}).encode() + b"\n")
-                stream.flush()
-                line = stream.readline()
+            with _connect(path) or _start(path) as connection:
+                line = _request(connection, {"op": op, **payload}, None, path)  # a job takes its time
         except OSError:  # reached an agent as it handed over: the next one answers
             line = b""
         if line:
@@ -95,14 +98,37 @@ def call(op: str, **payload: Any) -> dict[str, Any]:
     return reply
 
 
+_answering: set[Path] = set()  # agents that answered a ping from this process
+
+
 def _connect(path: Path) -> socket.socket | None:
+    """A connection to the agent at ``path``; None if nothing listens there."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.settimeout(guard.timeout())
     try:
         connection.connect(str(path))
     except OSError:
         connection.close()
         return None
+    if not guard.trusted(connection):
+        connection.close()
+        raise BatcatError(f"{path} is served by another user's process: refused; delete that socket")
     return connection
+
+
+def _request(connection: socket.socket, request: dict[str, Any], wait: float | None, path: Path) -> bytes:
+    """Send one request; its reply line (b"" if the agent closed without one)."""
+    connection.settimeout(wait)
+    try:
+        with connection.makefile("rwb") as stream:
+            stream.write(json.dumps(request).encode() + b"\n")
+            stream.flush()
+            return guard.read_message(stream, f"the reply of the agent at {path}")
+    except TimeoutError:
+        raise BatcatError(
+            f"the batcat agent at {path} did not answer within {wait:g}s; "
+            f"delete that socket (or run `batcat agent stop`), or set {AGENT_ENV}=0"
+        ) from None
 
 
 def _start(path: Path) -> socket.socket:
@@ -357,9 +383,18 @@ def serve(path: Path, idle: float) -> None:
     path.unlink(missing_ok=True)
 
     class Handler(socketserver.StreamRequestHandler):
+        timeout = guard.timeout()  # for reading a request; a job's reply may come much later
+
         def handle(self) -> None:
+            if not guard.trusted(self.request):
+                log.warning("refused another user's connection (pid, uid: %s)", guard.peer(self.request))
+                return
             with agent.in_flight():
-                line = self.rfile.readline()
+                try:
+                    line = guard.read_message(self.rfile, "a request")
+                except (BatcatError, TimeoutError) as exc:
+                    log.warning("refused a request: %s", exc)
+                    return
                 if not line:
                     return
                 request = json.loads(line)
@@ -394,29 +429,40 @@ def running_agents() -> list[tuple[Path, dict[str, Any]]]:
     """The agents answering in the agent directory, with their ping replies."""
     found = []
     for path in sorted(agent_dir().glob("*.sock")):
-        connection = _connect(path)
-        if connection is None:
+        try:
+            connection = _connect(path)
+            if connection is None:
+                continue
+            with connection:
+                server = guard.peer(connection)
+                line = _request(connection, {"op": "ping"}, guard.timeout(), path)
+        except BatcatError as exc:
+            log.warning("%s", exc)
             continue
-        with connection, connection.makefile("rwb") as stream:
-            stream.write(b'{"op": "ping"}\n')
-            stream.flush()
-            line = stream.readline()
-        if line:
-            found.append((path, json.loads(line)))
+        info = json.loads(line) if line else None
+        if info is not None and server is not None and info.get("pid") != server[0]:
+            log.warning("%s answers as pid %s, served by pid %s: ignored", path, info.get("pid"), server[0])
+        elif info is not None:
+            found.append((path, info))
     return found
 
 
 def stop_agents() -> int:
     """Ask every running agent to stop; return how many were asked."""
-    agents = running_agents()
-    _stop(agents)
-    return len(agents)
+    return _stop(running_agents())
 
 
-def _stop(agents: list[tuple[Path, dict[str, Any]]]) -> None:
-    for _, info in agents:
+def _stop(agents: list[tuple[Path, dict[str, Any]]]) -> int:
+    """SIGTERM to each of these that is this user's agent (a planted socket may name any pid)."""
+    stopped = 0
+    for path, info in agents:
+        if not guard.is_agent(info["pid"], path):
+            log.warning("not stopping pid %s: it is not your batcat agent for %s", info["pid"], path)
+            continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(info["pid"], signal.SIGTERM)
+            stopped += 1
+    return stopped
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import parse_pairs
-from ...contract import check_request, include_paths, on_loopback, request_tags
+from ...contract import check_request, code_files, include_paths, on_loopback, request_tags
 from ...errors import BackendError, ServiceError, UsageError
 from ...layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
 from ...manifest import FAILED, KILLED, RUNNING
@@ -311,22 +311,20 @@ class SageMakerHandle(JobHandle):
         """Upload the notebook, --include files, job.json and local inputs."""
         spec, resolved = self.spec, self.resolved
         s3 = aws.client("s3", self.region)
-        uploads: list[tuple[Path, str]] = [(Path(spec.notebook), spec.notebook_file)]
-        notebook_dir = Path(spec.notebook).parent
-        for path in resolved.include:
-            base = notebook_dir if path.is_relative_to(notebook_dir) else path.parent
-            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-            uploads += [(f, f.relative_to(base).as_posix()) for f in files]
+        uploads = code_files(Path(spec.notebook), resolved.include)
+        key = resolved.config.kms_key  # --kms-key covers what is staged as well as the outputs
+        encryption = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key} if key else {}
         try:
             code_bucket, code_key = split_s3(self._inputs[CODE_CHANNEL])
             for path, relative in uploads:
-                s3.upload_file(str(path), code_bucket, code_key + relative)
+                s3.upload_file(str(path), code_bucket, code_key + relative, ExtraArgs=encryption or None)
             job_bucket, job_key = split_s3(self._inputs[JOB_CHANNEL])
             body = json.dumps(spec.worker_job(), indent=2).encode()
-            s3.put_object(Bucket=job_bucket, Key=job_key + "job.json", Body=body)
+            s3.put_object(Bucket=job_bucket, Key=job_key + "job.json", Body=body, **encryption)
             for name, source in spec.inputs.items():
                 if not is_s3(source):
-                    upload(Path(source), self._inputs[name], s3)
+                    # the user's own folder: its links are followed, as they chose them
+                    upload(Path(source), self._inputs[name], s3, extra_args=encryption, links_out=True)
         except Exception as exc:
             raise aws.translate(
                 exc, f"staging {spec.job_name} in {resolved.job_uri(spec.job_name)}"

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from ... import contract
+from ...errors import UnsafePath
 
 SECTION = "SageMaker"
 # The SageMaker options of ``batcat run`` and ``batcat submit``: click's arguments; each one's
@@ -170,6 +171,8 @@ def download(job: str, output_dir: str | None, region: str | None) -> None:
         target = destination if name == NOTEBOOK_CHANNEL else destination / name
         try:
             counts[name] = storage.download(uri, target, s3, folder=True)
+        except UnsafePath:
+            raise
         except Exception as exc:
             raise aws.translate(exc, f"downloading output '{name}' from {uri}") from None
     click.echo(f"{job} -> {destination}")
