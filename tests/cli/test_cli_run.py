@@ -97,17 +97,24 @@ def test_failing_notebook_keeps_the_executed_notebook_and_marks_the_run_failed(p
         "raise ValueError('bad data')",
         "print('never')",
     )
-    done = run_batcat("run", str(nb), "-e", experiment)
+    done = run_batcat("run", str(nb), "-e", experiment, "-p", "x", "2")
     assert done.returncode == 1
     assert "FAILED" in done.stdout and "ValueError: bad data" in done.stdout
     assert "Traceback" not in done.stderr
-    errors = error_outputs(output_notebook(done.stdout))
+    executed = output_notebook(done.stdout)
+    errors = error_outputs(executed)
     assert [e["ename"] for e in errors] == ["ValueError"]
+    # the index as executed: papermill's error banners, added afterwards, do not count
+    cells = nbformat.read(str(executed), as_version=4).cells
+    cells = [c for c in cells if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+    [failing] = [i for i, cell in enumerate(cells) if "raise ValueError" in cell.source]
+    assert failing == 3  # parameters, injected parameters, print, raise
     [run] = runs_of(experiment)
     assert run.info.status == "FAILED"
     assert run.data.tags["batcat.error.ename"] == "ValueError"
     assert run.data.tags["batcat.error.evalue"] == "bad data"
-    assert run.data.tags["batcat.error.cell_index"].isdigit()
+    assert run.data.tags["batcat.error.cell_index"] == str(failing)
+    assert f"cell {failing}: ValueError: bad data" in done.stdout
 
 
 def test_sys_exit_zero_stops_the_notebook_without_failing(project, experiment, runs_of):
