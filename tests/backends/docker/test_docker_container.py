@@ -101,10 +101,13 @@ def test_stop_sends_sigterm_then_sigkill_and_still_collects_outputs(tmp_path, ru
     import threading
 
     script = (
-        "import pathlib, time\n"
-        "pathlib.Path('/opt/ml/processing/output/out/partial.txt').write_text('so far')\n"
+        "import pathlib, signal, time\n"
+        "out = pathlib.Path('/opt/ml/processing/output/out')\n"
+        "(out / 'partial.txt').write_text('so far')\n"
+        # records SIGTERM and carries on: only the SIGKILL after the grace ends it
+        "signal.signal(signal.SIGTERM, lambda *_: (out / 'signals.txt').write_text('SIGTERM'))\n"
         "print('ready', flush=True)\n"
-        "time.sleep(300)\n"  # PID 1 without a SIGTERM handler: only SIGKILL ends it
+        "while True: time.sleep(1)\n"
     )
     stop = threading.Event()
     request = request_for(runner, script, inputs={}, outputs={"out": file_uri(tmp_path / "out")})
@@ -117,6 +120,7 @@ def test_stop_sends_sigterm_then_sigkill_and_still_collects_outputs(tmp_path, ru
     assert outcome.status == "Stopped" and outcome.failure_reason == "stopped by request"
     assert outcome.exit_code == 137  # SIGKILL once the grace ran out, not the end of the sleep
     assert (tmp_path / "out" / "partial.txt").read_text() == "so far"
+    assert (tmp_path / "out" / "signals.txt").read_text() == "SIGTERM"  # a chance to clean up first
     assert job_containers(engine) == []
 
 
