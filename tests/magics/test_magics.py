@@ -8,6 +8,7 @@ real kernels are in test_magics_kernel.py.
 from __future__ import annotations
 
 import _thread
+import importlib
 import os
 import re
 import shutil
@@ -374,9 +375,62 @@ def test_a_console_or_a_renamed_notebook_is_not_a_notebook(tmp_path):
         assert current_notebook(environ={"JPY_SESSION_NAME": name}, ask_servers=False) is None
 
 
-def test_outside_any_server_session_no_server_is_asked(tmp_path):
-    assert notebook_from_servers(kernel_id=None, runtime_dir=tmp_path) is None
-    assert notebook_from_servers(kernel_id="abc", runtime_dir=tmp_path) is None  # no server files
+@pytest.fixture
+def jupyter_server(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    """A stand-in Jupyter server on 127.0.0.1 that counts requests; kernel 'abc' runs nb.ipynb.
+
+    Returns its runtime directory (with its jpserver-*.json) and the paths it was asked for.
+    """
+    import http.server
+    import json
+
+    notebook = write_notebook(tmp_path / "nb.ipynb", None)
+    asked: list[str] = []
+
+    class Sessions(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = json.dumps([{"path": notebook.name, "kernel": {"id": "abc"}}]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sessions)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    info = {"port": server.server_address[1], "token": "t", "root_dir": str(tmp_path), "base_url": "/"}
+    (runtime / "jpserver-1.json").write_text(json.dumps(info))
+    try:
+        yield runtime, asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_outside_any_server_session_no_server_is_asked(jupyter_server):
+    runtime, asked = jupyter_server
+    assert notebook_from_servers(kernel_id=None, runtime_dir=runtime) is None
+    assert asked == []  # a server was there to ask, and was not asked
+    assert notebook_from_servers(kernel_id="abc", runtime_dir=runtime) == runtime.parent / "nb.ipynb"
+    assert asked == ["/api/sessions"]  # the same server, asked once a kernel id is known
+
+
+def test_a_session_name_that_names_a_notebook_asks_no_server(jupyter_server, monkeypatch):
+    runtime, asked = jupyter_server
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    module = importlib.import_module("batcat_nb.magics.current_notebook")
+    monkeypatch.setattr(module, "_kernel_id", lambda: "abc")  # as in kernel 'abc'
+    assert current_notebook(environ={}) == runtime.parent / "nb.ipynb"  # nothing else names it
+    asked.clear()
+    notebook = runtime.parent / "nb.ipynb"
+    assert current_notebook(environ={"JPY_SESSION_NAME": str(notebook)}) == notebook
+    assert asked == []
 
 
 # --------------------------------------------------------------------------- the magics/ folder
