@@ -221,16 +221,31 @@ def test_interrupting_the_kernel_stops_the_job_and_its_run_ends_killed(
     ip, magics, experiment, sagemaker_env, slow, runs_of
 ):
     def interrupt_once_the_job_runs() -> None:
-        deadline = time.monotonic() + 60
-        while not sagemaker_env.requests and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1)  # into the wait for the job
+        """Once the job's first cell has run (its log says so), the magic is waiting for it."""
+        deadline = time.monotonic() + 120
+        while not any(_logged(name, "started") for name in list(sagemaker_env.requests)):
+            if time.monotonic() > deadline:
+                return  # the assertions below then say what went wrong
+            time.sleep(0.1)  # polling the job's log, not a guess at how long anything takes
         _thread.interrupt_main()  # what the kernel's interrupt button does
 
     threading.Thread(target=interrupt_once_the_job_runs, daemon=True).start()
-    result = line(ip, "batcat_run", f"{slow} -b sagemaker -e {experiment}")
+    result = line(ip, "batcat_run", f"{slow} -b sagemaker -e {experiment} --log-output")
     assert result.status == KILLED and result.reason == INTERRUPTED
     assert runs_of(experiment)[0].info.status == KILLED
+
+
+def _logged(job_name: str, text: str) -> bool:
+    """Whether the job's CloudWatch log (moto's) has a line containing ``text``."""
+    import boto3
+    from aws_fixtures import LogWriter
+
+    logs = boto3.client("logs")
+    try:
+        events = logs.filter_log_events(logGroupName=LogWriter.GROUP, logStreamNamePrefix=job_name)["events"]
+    except logs.exceptions.ResourceNotFoundException:
+        return False
+    return any(text in event["message"] for event in events)
 
 
 def test_the_summary_links_to_the_run_when_the_ui_address_is_configured(ip, magics, experiment):

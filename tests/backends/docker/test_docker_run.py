@@ -286,6 +286,7 @@ def test_changing_only_the_notebook_reuses_the_image(project, experiment, runner
         str(nb), backend="docker", backend_options=runner.options(), experiment=experiment
     )
     assert first.wait().status == "FINISHED"
+    created = engine.images.get(first.image.tag).attrs["Created"]
     write_notebook(project / "nb.ipynb", "n = 1", "print(n * 3)")
     second = batcat_nb.submit(
         str(nb), backend="docker", backend_options=runner.options(), experiment=experiment
@@ -294,7 +295,8 @@ def test_changing_only_the_notebook_reuses_the_image(project, experiment, runner
     assert result.status == "FINISHED"
     assert "3" in nbformat.read(result.output_notebook, as_version=4).cells[1].outputs[0]["text"]
     assert second.image.tag == first.image.tag and second.image.digest == first.image.digest
-    assert not second.image.built and second.image.seconds < 1
+    assert not second.image.built  # reused, not rebuilt: the engine still has the first build
+    assert engine.images.get(second.image.tag).attrs["Created"] == created
 
 
 def test_engine_not_running_is_one_line_naming_the_fix(project, monkeypatch):
