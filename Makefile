@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: setup demo test lint provision
+.PHONY: setup demo test lint provision mutate
 
 setup: $(VENV)/.installed
 
@@ -38,3 +38,11 @@ provision:
 	@if [ "$$(id -u)" = 0 ] && [ -f /etc/debian_version ]; then \
 		scripts/provision_docker.sh && scripts/provision_registry.sh && scripts/provision_browser.sh; \
 	fi
+
+## Mutation testing of the core against its fast tests (slow: not part of `make test` or CI).
+## `make mutate MODULES="parameters notebook"` narrows it; `$(BIN)/mutmut browse` shows survivors.
+MODULES ?= api parameters notebook tracking manifest worker sweep contract storage
+mutate: setup
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $$(nproc) $(foreach m,$(MODULES),"batcat_nb.$(m).*")
+	$(BIN)/mutmut results
