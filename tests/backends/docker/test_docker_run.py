@@ -363,3 +363,46 @@ def test_requirement_that_breaks_the_runtime_stack_fails_at_its_dockerfile_step(
     assert "building the runner image failed at Step" in error and "user-requirements.txt" in error
     assert "returned a non-zero code" in error and tail[0] == "last lines of the build log:"
     assert "has requirement nbformat" in done.stderr  # pip check's verdict, from the log's tail
+
+
+# What the container was given, as the notebook sees it (never the credentials' values).
+SEES = """
+import glob, os
+files = glob.glob('/sys/fs/cgroup/cpu*/cpu.cfs_quota_us') + glob.glob('/sys/fs/cgroup/cpu.max')
+quota = [open(p).read().split()[0] for p in files]  # cgroup v1, else v2
+print('quota', quota[0] if quota else None)
+print('greeting', os.environ.get('GREETING'))
+print('aws key', 'AWS_ACCESS_KEY_ID' in os.environ, 'AWS_SECRET_ACCESS_KEY' in os.environ)
+"""
+
+
+def test_pyproject_docker_section_cpus_and_credentials_reach_the_container_only_as_asked(
+    project, experiment, runner, aws_env
+):
+    (project / "pyproject.toml").write_text(
+        '[tool.batcat.docker]\ncpus = 0.5\nenv = { GREETING = "from-pyproject" }\n'
+    )
+    nb = write_notebook(project / "sees.ipynb", None, SEES)
+    base = ["run", str(nb), "-e", experiment, "--backend", "docker", "--image", runner.image.tag]
+
+    done = run_batcat(*base, "--pass-aws-credentials", timeout=600)
+    assert done.returncode == 0, done.stderr
+    seen = output_notebook(done.stdout).read_text()
+    assert "quota 50000" in seen  # [tool.batcat.docker] cpus = 0.5: half of each 100 ms period
+    assert "greeting from-pyproject" in seen
+    assert "aws key True True" in seen
+
+    done = run_batcat(*base, "--cpus", "1", timeout=600)  # the argument wins over pyproject
+    assert done.returncode == 0, done.stderr
+    seen = output_notebook(done.stdout).read_text()
+    assert "quota 100000" in seen and "aws key False False" in seen  # not asked: not passed
+
+
+def test_gpus_without_an_nvidia_runtime_is_one_line_naming_the_fix(project, runner, engine):
+    if "nvidia" in (engine.info().get("Runtimes") or {}):
+        pytest.skip("this engine has the NVIDIA runtime")
+    nb = write_notebook(project / "nb.ipynb", None, "1")
+    done = run_batcat("run", str(nb), "--backend", "docker", "--image", runner.image.tag, "--gpus", "all")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    [line] = error_of(done.stderr)
+    assert "--gpus needs the NVIDIA Container Toolkit" in line
