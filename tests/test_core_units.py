@@ -33,7 +33,7 @@ def test_manifest_round_trips_through_its_file(tmp_path):
         status=FAILED,
         notebook="nb.ipynb",
         parameters={"a": 1},
-        metrics={"loss": [(0.5, 0), (0.25, 1)], "empty": []},
+        metrics={"loss": [(0.5, 0), (0.25, 1), (0.125, 2)], "empty": []},
         error=CellError(3, "ValueError", "bad"),
         reason="cell 3: ValueError: bad",
         started_at=10.0,
@@ -43,8 +43,11 @@ def test_manifest_round_trips_through_its_file(tmp_path):
     assert path == tmp_path / "batcat-manifest.json"
     assert json.loads(path.read_text())["error"] == {"cell_index": 3, "ename": "ValueError", "evalue": "bad"}
     again = Manifest.read(tmp_path)
-    assert again == manifest and again.metrics["loss"] == [(0.5, 0), (0.25, 1)]
-    assert again.duration == 2.5 and again.last_metrics() == {"loss": 0.25}
+    assert again == manifest and again.metrics["loss"] == [(0.5, 0), (0.25, 1), (0.125, 2)]
+    assert again.duration == 2.5 and again.last_metrics() == {"loss": 0.125}
+    assert path.read_text().startswith('{\n  "job_name": "job-1",\n')  # indented: people read it
+    Manifest("j", parameters={"where": tmp_path}).write(tmp_path)  # what JSON cannot hold, as text
+    assert Manifest.read(tmp_path).parameters == {"where": str(tmp_path)}
     assert Manifest.from_dict({"job_name": "j"}).error is None
 
 
@@ -95,12 +98,25 @@ def test_code_files_keep_paths_relative_to_the_notebook_and_stage_them(tmp_path)
     (nb.parent / "pkg" / "sub" / "a.py").write_text("a")
     outside = tmp_path / "shared.py"
     outside.write_text("s")
-    files = contract.code_files(nb, [nb.parent / "pkg", outside])
-    assert [relative for _, relative in files] == ["nb.ipynb", "pkg/b.py", "pkg/sub/a.py", "shared.py"]
+    assert [r for _, r in contract.code_files(nb, [nb.parent / "pkg"])] == [
+        "nb.ipynb",
+        "pkg/b.py",
+        "pkg/sub/a.py",
+    ]
+    files = contract.code_files(nb, [nb.parent / "pkg" / "sub", outside])
+    assert [relative for _, relative in files] == ["nb.ipynb", "pkg/sub/a.py", "shared.py"]
     staged = tmp_path / "staged"
-    contract.stage_files(files, staged)
+    contract.stage_files(reversed(files), staged)  # the deepest first: its folders are made
     assert (staged / "pkg" / "sub" / "a.py").read_text() == "a" and (staged / "shared.py").read_text() == "s"
+    assert not (staged / "pkg" / "b.py").exists()
     assert os.path.samefile(staged / "nb.ipynb", nb)  # hard-linked, not copied, where it can be
+
+
+def test_staging_copies_where_it_cannot_link(tmp_path):
+    """/proc files cannot be hard-linked (another file system): they are copied."""
+    contract.stage_files([(Path("/proc/self/cmdline"), "deep/er/cmdline")], tmp_path)
+    staged = tmp_path / "deep" / "er" / "cmdline"
+    assert staged.is_file() and not os.path.samefile(staged, "/proc/self/cmdline")
 
 
 def test_file_uris_round_trip(tmp_path):
@@ -112,22 +128,29 @@ def test_file_uris_round_trip(tmp_path):
 def test_job_config_is_the_request_plus_the_arn(monkeypatch):
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    request = {
-        "ProcessingJobName": "Job-1",
-        "RoleArn": "arn:aws:iam::123456789012:role/r",
+    kept = {
         "AppSpecification": {"ImageUri": "i"},
-        "Tags": [{"Key": "k", "Value": "v"}],
+        "Environment": {"A": "1"},
+        "NetworkConfig": {"EnableNetworkIsolation": False},
+        "ProcessingInputs": [{"InputName": "data"}],
+        "ProcessingOutputConfig": {"Outputs": []},
+        "ProcessingResources": {"ClusterConfig": {"InstanceCount": 1}},
+        "RoleArn": "arn:aws:iam::123456789012:role/r",
+        "StoppingCondition": {"MaxRuntimeInSeconds": 60},
     }
-    config = contract.job_config(request)
+    config = contract.job_config({"ProcessingJobName": "Job-1", "Tags": [{"Key": "k"}], **kept})
     assert config == {
         "ProcessingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:processing-job/job-1",
         "ProcessingJobName": "Job-1",
-        "AppSpecification": {"ImageUri": "i"},
-        "RoleArn": "arn:aws:iam::123456789012:role/r",
-    }
+        **kept,
+    }  # Tags are not part of the job's config
     monkeypatch.setenv("AWS_REGION", "us-west-2")
     arn = contract.job_config({"ProcessingJobName": "j"})["ProcessingJobArn"]
     assert arn == "arn:aws:sagemaker:us-west-2:000000000000:processing-job/j"
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    arn = contract.job_config({"ProcessingJobName": "j"})["ProcessingJobArn"]
+    assert arn == "arn:aws:sagemaker:us-east-1:000000000000:processing-job/j"
 
 
 def test_build_request_names_every_channel_at_its_container_path():
@@ -173,6 +196,38 @@ def test_a_local_input_that_does_not_exist_is_named(tmp_path, monkeypatch):
         storage.check_input("data", "gone")
 
 
+def test_s3_inputs_are_checked_and_copied_both_ways(aws_env, tmp_path):
+    """Against the moto server: an input that cannot be read is named before any job starts."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="core-units")
+    source = tmp_path / "up"
+    (source / "sub").mkdir(parents=True)
+    (source / "a.txt").write_text("a")
+    (source / "sub" / "b.txt").write_text("b")
+    assert storage.upload(source, "s3://core-units/in/") == 2
+    assert storage.upload(source / "a.txt", "s3://core-units") == 1
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="core-units")["Contents"])
+    assert keys == ["a.txt", "in/a.txt", "in/sub/b.txt"]
+    storage.check_input("data", "s3://core-units/in")
+    with pytest.raises(UsageError, match="^input 'data': nothing at s3://core-units/none; check the bucket"):
+        storage.check_input("data", "s3://core-units/none")
+    with pytest.raises(
+        UsageError, match=r"^input 'data': cannot read s3://no-such-bucket-here/x \(NoSuchBucket: "
+    ):
+        storage.check_input("data", "s3://no-such-bucket-here/x")
+    s3.put_object(Bucket="core-units", Key="in/folder/", Body=b"")  # a console-made "folder"
+    s3.put_object(Bucket="core-units", Key="inner.txt", Body=b"i")
+    assert storage.download("s3://core-units/in", tmp_path / "down") == 3  # the prefix, as SageMaker
+    assert (tmp_path / "down" / "sub" / "b.txt").read_text() == "b"
+    assert (tmp_path / "down" / "ner.txt").read_text() == "i"  # inner.txt, relative to "in"
+    assert storage.download("s3://core-units/in", tmp_path / "folder", folder=True) == 2
+    assert sorted(p.name for p in (tmp_path / "folder").rglob("*.txt")) == ["a.txt", "b.txt"]
+    assert storage.download("s3://core-units/a.txt", tmp_path / "one") == 1
+    assert (tmp_path / "one" / "a.txt").read_text() == "a"
+
+
 def test_aws_reasons_read_as_code_and_message():
     error = SimpleNamespace(response={"Error": {"Code": "NoSuchBucket", "Message": "gone"}})
     assert storage._aws_reason(error) == "NoSuchBucket: gone"  # type: ignore[arg-type]
@@ -205,7 +260,10 @@ def test_unknown_and_mistyped_values_are_refused(declared, caplog):
     ):
         effective_parameters(declared, {"ratoi": 1})
     assert effective_parameters(declared, {"extra": 1}, allow_unknown=True)["extra"] == 1
-    assert "declares no parameter 'extra'; passing it anyway" in caplog.text
+    assert "nb.ipynb declares no parameter 'extra'; passing it anyway" in caplog.text
+    empty = load_notebook(write_notebook(declared.path.parent / "empty.ipynb", "# nothing yet"))
+    with pytest.raises(ParameterError, match="has no parameter 'x'; declared: none. Pass"):
+        effective_parameters(empty, {"x": 1})
     with pytest.raises(
         ParameterError,
         match="^parameter 'epochs' expects int \\(default 3\\), got 'x' \\(str\\); pass a int value$",
