@@ -196,35 +196,34 @@ def test_a_local_input_that_does_not_exist_is_named(tmp_path, monkeypatch):
         storage.check_input("data", "gone")
 
 
-def test_s3_inputs_are_checked_and_copied_both_ways(aws_env, tmp_path):
+def test_s3_inputs_are_checked_and_copied_both_ways(bucket, tmp_path):
     """Against the moto server: an input that cannot be read is named before any job starts."""
     import boto3
 
     s3 = boto3.client("s3")
-    s3.create_bucket(Bucket="core-units")
     source = tmp_path / "up"
     (source / "sub").mkdir(parents=True)
     (source / "a.txt").write_text("a")
     (source / "sub" / "b.txt").write_text("b")
-    assert storage.upload(source, "s3://core-units/in/") == 2
-    assert storage.upload(source / "a.txt", "s3://core-units") == 1
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="core-units")["Contents"])
+    assert storage.upload(source, f"s3://{bucket}/in/") == 2
+    assert storage.upload(source / "a.txt", f"s3://{bucket}") == 1
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == ["a.txt", "in/a.txt", "in/sub/b.txt"]
-    storage.check_input("data", "s3://core-units/in")
-    with pytest.raises(UsageError, match="^input 'data': nothing at s3://core-units/none; check the bucket"):
-        storage.check_input("data", "s3://core-units/none")
+    storage.check_input("data", f"s3://{bucket}/in")
+    with pytest.raises(UsageError, match=f"^input 'data': nothing at s3://{bucket}/none; check the bucket"):
+        storage.check_input("data", f"s3://{bucket}/none")
     with pytest.raises(
         UsageError, match=r"^input 'data': cannot read s3://no-such-bucket-here/x \(NoSuchBucket: "
     ):
         storage.check_input("data", "s3://no-such-bucket-here/x")
-    s3.put_object(Bucket="core-units", Key="in/folder/", Body=b"")  # a console-made "folder"
-    s3.put_object(Bucket="core-units", Key="inner.txt", Body=b"i")
-    assert storage.download("s3://core-units/in", tmp_path / "down") == 3  # the prefix, as SageMaker
+    s3.put_object(Bucket=bucket, Key="in/folder/", Body=b"")  # a console-made "folder"
+    s3.put_object(Bucket=bucket, Key="inner.txt", Body=b"i")
+    assert storage.download(f"s3://{bucket}/in", tmp_path / "down") == 3  # the prefix, as SageMaker
     assert (tmp_path / "down" / "sub" / "b.txt").read_text() == "b"
     assert (tmp_path / "down" / "ner.txt").read_text() == "i"  # inner.txt, relative to "in"
-    assert storage.download("s3://core-units/in", tmp_path / "folder", folder=True) == 2
+    assert storage.download(f"s3://{bucket}/in", tmp_path / "folder", folder=True) == 2
     assert sorted(p.name for p in (tmp_path / "folder").rglob("*.txt")) == ["a.txt", "b.txt"]
-    assert storage.download("s3://core-units/a.txt", tmp_path / "one") == 1
+    assert storage.download(f"s3://{bucket}/a.txt", tmp_path / "one") == 1
     assert (tmp_path / "one" / "a.txt").read_text() == "a"
 
 
