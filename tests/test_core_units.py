@@ -163,6 +163,10 @@ def test_build_request_names_every_channel_at_its_container_path():
         instance_count=2,
         volume_gb=50,
     )
+    default = contract.build_request(
+        SimpleNamespace(job_name="j"), image="i", inputs={}, outputs={}, environment={}
+    )
+    assert default["ProcessingResources"]["ClusterConfig"]["VolumeSizeInGB"] == 30
     assert request["ProcessingResources"]["ClusterConfig"] == {
         "InstanceCount": 2,
         "InstanceType": "local",
@@ -223,8 +227,27 @@ def test_s3_inputs_are_checked_and_copied_both_ways(bucket, tmp_path):
     assert (tmp_path / "down" / "ner.txt").read_text() == "i"  # inner.txt, relative to "in"
     assert storage.download(f"s3://{bucket}/in", tmp_path / "folder", folder=True) == 2
     assert sorted(p.name for p in (tmp_path / "folder").rglob("*.txt")) == ["a.txt", "b.txt"]
-    assert storage.download(f"s3://{bucket}/a.txt", tmp_path / "one") == 1
+    assert storage.download(f"s3://{bucket}/in/a.txt", tmp_path / "one") == 1  # one object: its name
     assert (tmp_path / "one" / "a.txt").read_text() == "a"
+    assert storage.download(f"s3://{bucket}/nothing-here", tmp_path / "none") == 0
+
+
+def test_aws_credentials_reach_a_container_only_through_this_call(aws_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    env = storage.aws_credentials()
+    assert env["AWS_ACCESS_KEY_ID"] == os.environ["AWS_ACCESS_KEY_ID"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == os.environ["AWS_SECRET_ACCESS_KEY"]
+    assert (env["AWS_SESSION_TOKEN"], env["AWS_REGION"]) == ("token", "eu-west-1")
+    assert env["AWS_ENDPOINT_URL"] == aws_env
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(
+        UsageError, match="^pass_aws_credentials is set but no AWS credentials are configured here$"
+    ):
+        storage.aws_credentials()
 
 
 def test_aws_reasons_read_as_code_and_message():
@@ -259,7 +282,8 @@ def test_unknown_and_mistyped_values_are_refused(declared, caplog):
     ):
         effective_parameters(declared, {"ratoi": 1})
     assert effective_parameters(declared, {"extra": 1}, allow_unknown=True)["extra"] == 1
-    assert "nb.ipynb declares no parameter 'extra'; passing it anyway" in caplog.text
+    message = "nb.ipynb declares no parameter 'extra'; passing it anyway"
+    assert caplog.records[-1].getMessage() == message
     empty = load_notebook(write_notebook(declared.path.parent / "empty.ipynb", "# nothing yet"))
     with pytest.raises(ParameterError, match="has no parameter 'x'; declared: none. Pass"):
         effective_parameters(empty, {"x": 1})
@@ -280,7 +304,10 @@ def test_without_a_parameters_cell_values_pass_unchecked(tmp_path, caplog):
     notebook = load_notebook(write_notebook(tmp_path / "plain.ipynb", None, "1"))
     assert effective_parameters(notebook, {}) == {} and caplog.text == ""
     assert effective_parameters(notebook, {"x": 1}) == {"x": 1}
-    assert "has no cell tagged 'parameters'" in caplog.text
+    assert caplog.records[-1].getMessage() == (
+        f"{notebook.path} has no cell tagged 'parameters': the values are injected at the top, as "
+        "papermill does. Tag the cell that sets the defaults to have them checked."
+    )
 
 
 def test_recorded_defaults_that_are_not_literals_stay_text(tmp_path):
@@ -292,7 +319,9 @@ def test_parameter_files_and_yaml_are_mappings(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n")
     (tmp_path / "empty.yaml").write_text("")
     assert collect(files=[tmp_path / "empty.yaml"], yaml_texts=["", "a: 1"]) == {"a": 1}
-    with pytest.raises(ParameterError, match="must be a YAML mapping of name: value"):
+    with pytest.raises(
+        ParameterError, match="^parameters file .*list.yaml must be a YAML mapping of name: value$"
+    ):
         collect(files=[tmp_path / "list.yaml"])
     with pytest.raises(
         ParameterError,
