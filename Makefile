@@ -51,3 +51,11 @@ provision:
 	@if [ "$$(id -u)" = 0 ] && [ -f /etc/debian_version ]; then \
 		scripts/provision_docker.sh && scripts/provision_registry.sh && scripts/provision_browser.sh; \
 	fi
+
+## Mutation testing of the core against its fast tests (slow: not part of `make test` or CI).
+## `make mutate MODULES="parameters notebook"` narrows it; `$(BIN)/mutmut browse` shows survivors.
+MODULES ?= api parameters notebook tracking manifest worker sweeps contract storage
+mutate: setup
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $$(nproc) $(foreach m,$(MODULES),"batcat_nb.$(m).*")
+	$(BIN)/mutmut results

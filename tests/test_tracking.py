@@ -8,7 +8,7 @@ import pytest
 from conftest import EXAMPLES, run_batcat
 
 import batcat_nb
-from batcat_nb.manifest import FINISHED, Manifest
+from batcat_nb.manifest import FAILED, FINISHED, Manifest
 from batcat_nb.tracking import Tracker
 
 pytestmark = pytest.mark.slow
@@ -30,17 +30,22 @@ def test_run_against_a_tracking_server(project, experiment, mlflow_server, monke
 
 
 def test_completing_a_run_twice_changes_nothing(tmp_path, tracking_uri, experiment):
+    """The second completion is refused, not merely harmless: it comes with a later time stamp
+    and another output (MLflow would drop identical points silently, hiding a missing guard)."""
     tracker = Tracker(tracking_uri)
     run_id, _ = tracker.start_run(experiment=experiment, run_name="r", params={"a": 1}, tags={})
-    manifest = Manifest(
-        "job", status=FINISHED, metrics={"loss": [(0.5, 0), (0.25, 1)]}, started_at=1.0, ended_at=2.0
-    )
-    (tmp_path / "out.txt").write_text("x")
-    tracker.complete_run(run_id, manifest, tmp_path)
-    tracker.complete_run(run_id, manifest, tmp_path)
+    points = {"loss": [(0.5, 0), (0.25, 1)]}
+    (tmp_path / "out.txt").write_text("first")
+    tracker.complete_run(run_id, Manifest("job", status=FINISHED, metrics=points, ended_at=2.0), tmp_path)
+    (tmp_path / "out.txt").write_text("second")
+    tracker.complete_run(run_id, Manifest("job", status=FAILED, metrics=points, ended_at=3.0), tmp_path)
+
     history = tracker.client.get_metric_history(run_id, "loss")
-    assert [(m.value, m.step) for m in history] == [(0.5, 0), (0.25, 1)]
-    assert tracker.client.get_run(run_id).info.status == FINISHED
+    assert [(m.value, m.step, m.timestamp) for m in history] == [(0.5, 0, 2000), (0.25, 1, 2000)]
+    run = tracker.client.get_run(run_id)
+    assert (run.info.status, run.info.end_time) == (FINISHED, 2000)
+    fetched = tracker.client.download_artifacts(run_id, "out.txt", str(tmp_path / "fetched"))
+    assert Path(fetched).read_text() == "first"
 
 
 def test_recorded_metrics_reach_the_run_through_the_manifest(project, experiment, runs_of):

@@ -61,6 +61,8 @@ def test_flags_merge_in_papermill_order(tmp_path):
         ("1", 1),
         ("1.5", 1.5),
         ("True", True),
+        ("False", False),
+        ("false", "false"),
         ("None", None),
         ("abc", "abc"),
         ("1e3", 1000.0),

@@ -36,6 +36,12 @@ def test_unknown_parameter_names_the_closest_declared_one(project):
     assert_one_line_error(done, "no parameter 'alpah'", "did you mean 'alpha'", "--allow-unknown")
 
 
+def test_unknown_parameter_hint_names_the_closest_not_the_first_declared(project):
+    """``test_size`` is declared third: the hint must not fall back to the first (``alpha``)."""
+    done = run_batcat("run", str(EXAMPLES / "train_diabetes.ipynb"), "-p", "test_sise", "0.3")
+    assert_one_line_error(done, "no parameter 'test_sise'", "(did you mean 'test_size'?)")
+
+
 def test_value_of_the_wrong_type(project):
     done = run_batcat("run", str(EXAMPLES / "train_diabetes.ipynb"), "-p", "seed", "abc")
     assert_one_line_error(done, "parameter 'seed' expects int", "'abc'")

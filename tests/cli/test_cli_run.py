@@ -89,7 +89,14 @@ def test_sales_example_reads_input_directory_and_writes_output_directory(project
     assert run.data.params["min_units"] == "2"
 
 
-def test_failing_notebook_keeps_the_executed_notebook_and_marks_the_run_failed(project, experiment, runs_of):
+def logged_notebook(mlflow_client, run, name: str, where: Path) -> str:
+    """The executed notebook as the MLflow run keeps it."""
+    return Path(mlflow_client.download_artifacts(run.info.run_id, name, str(where))).read_text()
+
+
+def test_failing_notebook_keeps_the_executed_notebook_and_marks_the_run_failed(
+    project, experiment, runs_of, mlflow_client
+):
     nb = write_notebook(
         project / "fails.ipynb",
         "x = 1",
@@ -97,17 +104,25 @@ def test_failing_notebook_keeps_the_executed_notebook_and_marks_the_run_failed(p
         "raise ValueError('bad data')",
         "print('never')",
     )
-    done = run_batcat("run", str(nb), "-e", experiment)
+    done = run_batcat("run", str(nb), "-e", experiment, "-p", "x", "2")
     assert done.returncode == 1
     assert "FAILED" in done.stdout and "ValueError: bad data" in done.stdout
     assert "Traceback" not in done.stderr
-    errors = error_outputs(output_notebook(done.stdout))
+    executed = output_notebook(done.stdout)
+    errors = error_outputs(executed)
     assert [e["ename"] for e in errors] == ["ValueError"]
+    # the index as executed: papermill's error banners, added afterwards, do not count
+    cells = nbformat.read(str(executed), as_version=4).cells
+    cells = [c for c in cells if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+    [failing] = [i for i, cell in enumerate(cells) if "raise ValueError" in cell.source]
+    assert failing == 3  # parameters, injected parameters, print, raise
     [run] = runs_of(experiment)
     assert run.info.status == "FAILED"
     assert run.data.tags["batcat.error.ename"] == "ValueError"
     assert run.data.tags["batcat.error.evalue"] == "bad data"
-    assert run.data.tags["batcat.error.cell_index"].isdigit()
+    assert run.data.tags["batcat.error.cell_index"] == str(failing)
+    assert f"cell {failing}: ValueError: bad data" in done.stdout
+    assert "bad data" in logged_notebook(mlflow_client, run, "fails.ipynb", project / "fetched")
 
 
 def test_sys_exit_zero_stops_the_notebook_without_failing(project, experiment, runs_of):
@@ -131,13 +146,15 @@ def test_sys_exit_nonzero_is_a_failure(project, experiment, runs_of):
     assert runs_of(experiment)[0].info.status == "FAILED"
 
 
-def test_execution_timeout_kills_the_run(project, experiment, runs_of):
+def test_execution_timeout_kills_the_run(project, experiment, runs_of, mlflow_client):
     nb = write_notebook(project / "slow.ipynb", None, "print('start')", "import time\ntime.sleep(60)")
     done = run_batcat("run", str(nb), "-e", experiment, "--execution-timeout", "2")
     assert done.returncode == 1
     assert "KILLED" in done.stdout and "--execution-timeout" in done.stdout
-    assert runs_of(experiment)[0].info.status == "KILLED"
+    [run] = runs_of(experiment)
+    assert run.info.status == "KILLED"
     assert "start" in output_notebook(done.stdout).read_text()  # the partial notebook is kept
+    assert "start" in logged_notebook(mlflow_client, run, "slow.ipynb", project / "fetched")  # and logged
 
 
 def test_run_timeout_kills_the_run(project, experiment, runs_of):

@@ -8,6 +8,7 @@ real kernels are in test_magics_kernel.py.
 from __future__ import annotations
 
 import _thread
+import importlib
 import os
 import re
 import shutil
@@ -226,16 +227,31 @@ def test_interrupting_the_kernel_stops_the_job_and_its_run_ends_killed(
     ip, magics, experiment, sagemaker_env, slow, runs_of
 ):
     def interrupt_once_the_job_runs() -> None:
-        deadline = time.monotonic() + 60
-        while not sagemaker_env.requests and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1)  # into the wait for the job
+        """Once the job's first cell has run (its log says so), the magic is waiting for it."""
+        deadline = time.monotonic() + 120
+        while not any(_logged(name, "started") for name in list(sagemaker_env.requests)):
+            if time.monotonic() > deadline:
+                return  # the assertions below then say what went wrong
+            time.sleep(0.1)  # polling the job's log, not a guess at how long anything takes
         _thread.interrupt_main()  # what the kernel's interrupt button does
 
     threading.Thread(target=interrupt_once_the_job_runs, daemon=True).start()
-    result = line(ip, "batcat_run", f"{slow} -b sagemaker -e {experiment}")
+    result = line(ip, "batcat_run", f"{slow} -b sagemaker -e {experiment} --log-output")
     assert result.status == KILLED and result.reason == INTERRUPTED
     assert runs_of(experiment)[0].info.status == KILLED
+
+
+def _logged(job_name: str, text: str) -> bool:
+    """Whether the job's CloudWatch log (moto's) has a line containing ``text``."""
+    import boto3
+    from aws_fixtures import LogWriter
+
+    logs = boto3.client("logs")
+    try:
+        events = logs.filter_log_events(logGroupName=LogWriter.GROUP, logStreamNamePrefix=job_name)["events"]
+    except logs.exceptions.ResourceNotFoundException:
+        return False
+    return any(text in event["message"] for event in events)
 
 
 def test_the_summary_links_to_the_run_when_the_ui_address_is_configured(ip, magics, experiment):
@@ -396,9 +412,62 @@ def test_a_console_or_a_renamed_notebook_is_not_a_notebook(tmp_path):
         assert current_notebook(environ={"JPY_SESSION_NAME": name}, ask_servers=False) is None
 
 
-def test_outside_any_server_session_no_server_is_asked(tmp_path):
-    assert notebook_from_servers(kernel_id=None, runtime_dir=tmp_path) is None
-    assert notebook_from_servers(kernel_id="abc", runtime_dir=tmp_path) is None  # no server files
+@pytest.fixture
+def jupyter_server(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    """A stand-in Jupyter server on 127.0.0.1 that counts requests; kernel 'abc' runs nb.ipynb.
+
+    Returns its runtime directory (with its jpserver-*.json) and the paths it was asked for.
+    """
+    import http.server
+    import json
+
+    notebook = write_notebook(tmp_path / "nb.ipynb", None)
+    asked: list[str] = []
+
+    class Sessions(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = json.dumps([{"path": notebook.name, "kernel": {"id": "abc"}}]).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sessions)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    info = {"port": server.server_address[1], "token": "t", "root_dir": str(tmp_path), "base_url": "/"}
+    (runtime / "jpserver-1.json").write_text(json.dumps(info))
+    try:
+        yield runtime, asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_outside_any_server_session_no_server_is_asked(jupyter_server):
+    runtime, asked = jupyter_server
+    assert notebook_from_servers(kernel_id=None, runtime_dir=runtime) is None
+    assert asked == []  # a server was there to ask, and was not asked
+    assert notebook_from_servers(kernel_id="abc", runtime_dir=runtime) == runtime.parent / "nb.ipynb"
+    assert asked == ["/api/sessions"]  # the same server, asked once a kernel id is known
+
+
+def test_a_session_name_that_names_a_notebook_asks_no_server(jupyter_server, monkeypatch):
+    runtime, asked = jupyter_server
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    module = importlib.import_module("batcat_nb.magics.current_notebook")
+    monkeypatch.setattr(module, "_kernel_id", lambda: "abc")  # as in kernel 'abc'
+    assert current_notebook(environ={}) == runtime.parent / "nb.ipynb"  # nothing else names it
+    asked.clear()
+    notebook = runtime.parent / "nb.ipynb"
+    assert current_notebook(environ={"JPY_SESSION_NAME": str(notebook)}) == notebook
+    assert asked == []
 
 
 # --------------------------------------------------------------------------- the magics/ folder

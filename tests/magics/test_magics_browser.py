@@ -157,13 +157,18 @@ def test_a_batcat_run_cell_renders_its_summary_in_jupyterlab(jupyterlab, experim
 
 
 def test_a_notebook_renamed_since_its_kernel_started_is_found_by_asking_the_server(jupyterlab):
-    notebook = write_notebook(jupyterlab.root / "renamed.ipynb", None, "1")
+    notebook = write_notebook(jupyterlab.root / "before.ipynb", None, "1")
     session = jupyterlab.api(
         "POST", "sessions", {"path": notebook.name, "type": "notebook", "kernel": {"name": "python3"}}
     )
     try:
         kernel_id = session["kernel"]["id"]
-        assert notebook_from_servers(kernel_id, runtime_dir=jupyterlab.runtime_dir) == notebook
+        # renamed as JupyterLab renames: the file through the contents API, then the session
+        jupyterlab.api("PATCH", f"contents/{notebook.name}", {"path": "after.ipynb"})
+        jupyterlab.api("PATCH", f"sessions/{session['id']}", {"path": "after.ipynb", "name": "after.ipynb"})
+        assert not notebook.exists()  # the kernel's JPY_SESSION_NAME now names nothing
+        found = notebook_from_servers(kernel_id, runtime_dir=jupyterlab.runtime_dir)
+        assert found == (jupyterlab.root / "after.ipynb").resolve()
         assert notebook_from_servers("not-a-kernel-here", runtime_dir=jupyterlab.runtime_dir) is None
     finally:
         jupyterlab.api("DELETE", f"sessions/{session['id']}")

@@ -286,6 +286,7 @@ def test_changing_only_the_notebook_reuses_the_image(project, experiment, runner
         str(nb), backend="docker", backend_options=runner.options(), experiment=experiment
     )
     assert first.wait().status == "FINISHED"
+    created = engine.images.get(first.image.tag).attrs["Created"]
     write_notebook(project / "nb.ipynb", "n = 1", "print(n * 3)")
     second = batcat_nb.submit(
         str(nb), backend="docker", backend_options=runner.options(), experiment=experiment
@@ -294,7 +295,8 @@ def test_changing_only_the_notebook_reuses_the_image(project, experiment, runner
     assert result.status == "FINISHED"
     assert "3" in nbformat.read(result.output_notebook, as_version=4).cells[1].outputs[0]["text"]
     assert second.image.tag == first.image.tag and second.image.digest == first.image.digest
-    assert not second.image.built and second.image.seconds < 1
+    assert not second.image.built  # reused, not rebuilt: the engine still has the first build
+    assert engine.images.get(second.image.tag).attrs["Created"] == created
 
 
 def test_engine_not_running_is_one_line_naming_the_fix(project, monkeypatch):
@@ -512,3 +514,46 @@ def test_as_role_moves_the_data_with_the_roles_rights_and_no_more(
     assert allowed.status == "FINISHED", allowed.reason
     denied = run("denied")  # the user may list it; the role may not: the job fails as on SageMaker
     assert denied.status == "FAILED" and "Forbidden" in denied.reason, denied.reason
+
+
+# What the container was given, as the notebook sees it (never the credentials' values).
+GIVEN = """
+import glob, os
+files = glob.glob('/sys/fs/cgroup/cpu*/cpu.cfs_quota_us') + glob.glob('/sys/fs/cgroup/cpu.max')
+quota = [open(p).read().split()[0] for p in files]  # cgroup v1, else v2
+print('quota', quota[0] if quota else None)
+print('greeting', os.environ.get('GREETING'))
+print('aws key', 'AWS_ACCESS_KEY_ID' in os.environ, 'AWS_SECRET_ACCESS_KEY' in os.environ)
+"""
+
+
+def test_pyproject_docker_section_cpus_and_credentials_reach_the_container_only_as_asked(
+    project, experiment, runner, aws_env
+):
+    (project / "pyproject.toml").write_text(
+        '[tool.batcat.docker]\ncpus = 0.5\nenv = { GREETING = "from-pyproject" }\n'
+    )
+    nb = write_notebook(project / "given.ipynb", None, GIVEN)
+    base = ["run", str(nb), "-e", experiment, "--backend", "docker", "--image", runner.image.tag]
+
+    done = run_batcat(*base, "--pass-aws-credentials", timeout=600)
+    assert done.returncode == 0, done.stderr
+    seen = output_notebook(done.stdout).read_text()
+    assert "quota 50000" in seen  # [tool.batcat.docker] cpus = 0.5: half of each 100 ms period
+    assert "greeting from-pyproject" in seen
+    assert "aws key True True" in seen
+
+    done = run_batcat(*base, "--cpus", "1", timeout=600)  # the argument wins over pyproject
+    assert done.returncode == 0, done.stderr
+    seen = output_notebook(done.stdout).read_text()
+    assert "quota 100000" in seen and "aws key False False" in seen  # not asked: not passed
+
+
+def test_gpus_without_an_nvidia_runtime_is_one_line_naming_the_fix(project, runner, engine):
+    if "nvidia" in (engine.info().get("Runtimes") or {}):
+        pytest.skip("this engine has the NVIDIA runtime")
+    nb = write_notebook(project / "nb.ipynb", None, "1")
+    done = run_batcat("run", str(nb), "--backend", "docker", "--image", runner.image.tag, "--gpus", "all")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    [line] = error_of(done.stderr)
+    assert "--gpus needs the NVIDIA Container Toolkit" in line

@@ -92,6 +92,32 @@ def test_an_idle_agent_stops_by_itself(project, experiment, monkeypatch, tmp_pat
     assert not list((tmp_path / "agents").glob("*.sock"))
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie has ended: it only waits for its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_agent_stop_ends_every_agent_with_its_workers_and_sockets(project, experiment, monkeypatch, tmp_path):
+    agents_dir = tmp_path / "agents"
+    monkeypatch.setenv("BATCAT_AGENT_DIR", str(agents_dir))
+    nb = write_notebook(project / "nb.ipynb", "x = 1", "x")
+    assert run_batcat("run", str(nb), "-e", experiment).returncode == 0
+    processes = {int(pid) for pid in agent_pids()} | warm_workers()
+    assert len(processes) >= 2 and list(agents_dir.glob("*.sock"))  # an agent and its workers
+
+    done = run_batcat("agent", "stop")
+    assert done.returncode == 0 and done.stdout.strip() == "stopped 1 agent(s)"
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling: the agent stops its workers, then itself
+    assert not [pid for pid in processes if alive(pid)]
+    assert not list(agents_dir.glob("*.sock"))
+    assert run_batcat("agent", "status").stdout.strip() == "no agent is running"
+
+
 def test_a_stop_that_reaches_a_warm_worker_between_jobs_is_ignored(project, experiment, runs_of):
     nb = write_notebook(project / "nb.ipynb", "x = 1", "x")
     assert run_batcat("run", str(nb), "-e", experiment).returncode == 0
@@ -150,7 +176,10 @@ def test_a_job_cancelled_while_it_waits_for_a_warm_worker_never_starts(
         "name = ''",
         "import pathlib, time\npathlib.Path(name).touch()\ntime.sleep(60)",
     )
-    names = [f"busy{i}" for i in range(min(2, os.cpu_count() or 1))]  # one per warm worker
+    quick = write_notebook(project / "quick.ipynb", None, "1")
+    assert run_batcat("run", str(quick), "-e", f"{experiment}-start").returncode == 0  # the agent is up
+    names = [f"busy{i}" for i in range(len(warm_workers()))]  # one per warm worker, however many
+    assert names
     busy = [batcat_nb.submit(str(slow), {"name": n}, experiment=experiment, progress=False) for n in names]
     deadline = time.monotonic() + 60
     while not all((project / n).exists() for n in names):

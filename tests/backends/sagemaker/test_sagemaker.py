@@ -184,22 +184,51 @@ def test_stop_from_another_terminal_also_ends_killed(project, options, experimen
     assert "had already ended" in again.output
 
 
-def test_tracking_server_and_managed_mlflow_reach_the_job_through_its_environment(project, options, bucket):
+def test_a_tracking_server_reaches_the_job_through_the_request_it_is_created_with(
+    project, options, experiment, fake_sagemaker, mlflow_server
+):
+    """The job logs to the run itself: its CreateProcessingJob request names the server and the run."""
+    fake_sagemaker.runner = None  # the job stays InProgress: only its request matters here
     notebook = write_notebook(project / "nb.ipynb", "x = 1")
-    backend = sm.SageMakerBackend()
-    for uri in (
-        "http://mlflow.example.internal:5000",
-        "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/t",
-    ):
-        spec = api.resolve_spec(
-            request_for(notebook, {**options, "check_image": False}, "e", tracking_uri=uri)
-        )
-        spec.run_id, spec.experiment_id = "a" * 32, "7"
-        resolved = backend._resolve(spec)
-        sent = sm._request(spec, resolved, {"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": spec.run_id})
-        assert sent["Environment"]["MLFLOW_TRACKING_URI"] == uri
+    handle = api.submit(request_for(notebook, options, experiment, tracking_uri=mlflow_server))
+    try:
+        sent = fake_sagemaker.requests[handle.job_name]["Environment"]
+        assert sent == {
+            "MLFLOW_TRACKING_URI": mlflow_server,
+            "MLFLOW_RUN_ID": handle.spec.run_id,
+            "MLFLOW_EXPERIMENT_ID": handle.spec.experiment_id,
+        }
+    finally:
+        handle.cancel("the test is done")
+        handle.wait(timeout=30)
+
+
+def test_only_a_server_or_a_managed_mlflow_counts_as_reachable_from_the_job():
+    assert sm._tracking_reachable("https://mlflow.example.internal")
     assert sm._tracking_reachable("arn:aws:sagemaker:us-east-1:1:mlflow-tracking-server/t")
     assert not sm._tracking_reachable("sqlite:///mlflow.db")
+    assert not sm._tracking_reachable("/home/me/mlruns")
+
+
+def test_a_request_botocore_refuses_fails_before_anything_is_staged_or_created(
+    project, options, bucket, experiment, fake_sagemaker, runs_of
+):
+    """moto would accept this instance type: only batcat's own botocore check refuses it."""
+    notebook = write_notebook(project / "nb.ipynb", "x = 1")
+    request = request_for(notebook, {**options, "instance_type": "ml.m5.larg"}, experiment)
+    with pytest.raises(UsageError, match="request refused before sending.*did you mean 'ml.m5.large'"):
+        api.submit(request)
+    assert fake_sagemaker.requests == {}
+    assert s3_keys(bucket) == []
+    assert runs_of(experiment) == []
+
+
+@pytest.mark.parametrize(("timeout", "expected"), [(None, 24 * 3600), (120, 120 + 600)])
+def test_max_runtime_defaults_to_a_day_or_the_timeout_plus_ten_minutes(project, options, timeout, expected):
+    notebook = write_notebook(project / "nb.ipynb", "x = 1")
+    spec = api.resolve_spec(request_for(notebook, options, "e", timeout=timeout))
+    sent = sm._request(spec, sm.SageMakerBackend()._resolve(spec), {})
+    assert sent["StoppingCondition"] == {"MaxRuntimeInSeconds": expected}
 
 
 @pytest.mark.parametrize(
