@@ -38,9 +38,10 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/python scripts/check_imports.py
 
-## Lint, type-check and run the whole test suite (as root on Debian it first installs and
-## starts what the tests need)
+## Lint, type-check, a smoke run of the wheel on every Python the project admits, and the
+## whole test suite (as root on Debian it first installs and starts what the tests need)
 test: lint provision
+	scripts/smoke_versions.sh
 	$(BIN)/pytest
 
 # What the Docker, registry and browser tests need, as root on Debian: a running dockerd

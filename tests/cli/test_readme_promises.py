@@ -59,20 +59,21 @@ def other_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "batcat-other"
 
 
-def test_default_store_is_mlflow_db_at_the_project_root_with_artifacts_beside_it(bare):
+def test_default_store_is_mlflow_store_at_the_project_root_with_artifacts_beside_it(bare):
     (bare / "pyproject.toml").write_text("[project]\nname = 'demo'\n")
     (bare / "notebooks").mkdir()
     nb = write_notebook(bare / "notebooks" / "nb.ipynb", "x = 1", "print('hello')")
     done = run_batcat("run", "nb.ipynb", "-e", "default-store", cwd=bare / "notebooks")
     assert done.returncode == 0, done.stderr
 
-    assert not (bare / "notebooks" / "mlflow.db").exists()  # the project's root, not the cwd
-    [run] = runs_in(bare / "mlflow.db", "default-store")
+    store = bare / "mlflow-store"  # a folder of its own: a Docker job is given it, not the project
+    assert not (bare / "notebooks" / "mlflow-store").exists()  # the project's root, not the cwd
+    [run] = runs_in(store / "mlflow.db", "default-store")
     assert run.info.status == "FINISHED"
     assert run.info.artifact_uri.startswith(
-        (bare / "mlartifacts").as_uri()
-    ) or run.info.artifact_uri.startswith(str(bare / "mlartifacts"))
-    assert list((bare / "mlartifacts").rglob("nb.ipynb"))
+        (store / "mlartifacts").as_uri()
+    ) or run.info.artifact_uri.startswith(str(store / "mlartifacts"))
+    assert list((store / "mlartifacts").rglob("nb.ipynb"))
     assert output_notebook(done.stdout).parent.parent == bare / "notebooks" / "batcat-runs"
     assert nb.exists()
 
@@ -94,7 +95,7 @@ def test_settings_layer_pyproject_then_environment_then_arguments(bare, other_ke
     assert run.data.tags["batcat.kernel"] == other_kernel
     assert f"kernel: {other_kernel}" in output_notebook(done.stdout).read_text()
     assert output_notebook(done.stdout).parent.parent == bare / "pyproject-runs"
-    assert not (bare / "mlflow.db").exists()
+    assert not (bare / "mlflow-store").exists()
 
     # BATCAT_* win over [tool.batcat]
     monkeypatch.setenv("BATCAT_EXPERIMENT", "from-env")
