@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from batcat_nb.sweep import SweepRequest, _Sweep
+from batcat_nb.sweeps import SweepRequest, _Sweep
 from conftest import write_notebook
 
 from batcat_nb import api
