@@ -47,41 +47,23 @@ _TAG_VALUE_DROPPED = re.compile(r"[^\w\s.:/=+\-@]")  # SageMaker's TagValue patt
 
 # vCPUs and memory (GiB) of Processing instance types: a Docker run given --instance-type gets
 # the same, so a notebook that runs out of memory on its instance does so locally too.
+_VCPUS = {"large": 2, "xlarge": 4, "2xlarge": 8, "4xlarge": 16, "9xlarge": 36, "12xlarge": 48}
+_VCPUS.update({"18xlarge": 72, "24xlarge": 96})
+_GENERAL_SIZES = ("large", "xlarge", "2xlarge", "4xlarge", "12xlarge", "24xlarge")
+
+
+def _family(family: str, gib_per_vcpu: int, sizes: tuple[str, ...]) -> dict[str, tuple[int, float]]:
+    return {f"ml.{family}.{size}": (_VCPUS[size], _VCPUS[size] * gib_per_vcpu) for size in sizes}
+
+
 INSTANCE_TYPES: dict[str, tuple[int, float]] = {
     "ml.t3.medium": (2, 4),
-    "ml.t3.large": (2, 8),
-    "ml.t3.xlarge": (4, 16),
-    "ml.t3.2xlarge": (8, 32),
-    **{
-        f"ml.m5.{size}": (cpus, cpus * 4)
-        for size, cpus in (
-            ("large", 2),
-            ("xlarge", 4),
-            ("2xlarge", 8),
-            ("4xlarge", 16),
-            ("12xlarge", 48),
-            ("24xlarge", 96),
-        )
-    },
-    **{
-        f"ml.c5.{size}": (cpus, cpus * 2)
-        for size, cpus in (("xlarge", 4), ("2xlarge", 8), ("4xlarge", 16), ("9xlarge", 36), ("18xlarge", 72))
-    },
-    **{
-        f"ml.r5.{size}": (cpus, cpus * 8)
-        for size, cpus in (
-            ("large", 2),
-            ("xlarge", 4),
-            ("2xlarge", 8),
-            ("4xlarge", 16),
-            ("12xlarge", 48),
-            ("24xlarge", 96),
-        )
-    },
-    "ml.g4dn.xlarge": (4, 16),
-    "ml.g4dn.2xlarge": (8, 32),
-    "ml.g5.xlarge": (4, 16),
-    "ml.g5.2xlarge": (8, 32),
+    **_family("t3", 4, ("large", "xlarge", "2xlarge")),
+    **_family("m5", 4, _GENERAL_SIZES),
+    **_family("c5", 2, ("xlarge", "2xlarge", "4xlarge", "9xlarge", "18xlarge")),
+    **_family("r5", 8, _GENERAL_SIZES),
+    **_family("g4dn", 4, ("xlarge", "2xlarge")),
+    **_family("g5", 4, ("xlarge", "2xlarge")),
     "ml.p3.2xlarge": (8, 61),
 }
 

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from workspace import parameters_notebook
+
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/batcat-bench"
 
@@ -97,17 +99,7 @@ def setup(work: Path) -> tuple[Any, str]:
 
 
 def notebook(work: Path) -> Path:
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_notebook
-
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
-    cell = new_code_cell("alpha = 0.1")
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells += [cell, new_code_cell("print(alpha)")]
-    path = work / "bench.ipynb"
-    nbformat.write(nb, str(path))
-    return path
+    return parameters_notebook(work / "bench.ipynb", "alpha = 0.1", "print(alpha)")
 
 
 def main() -> None:

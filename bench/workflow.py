@@ -23,7 +23,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 from sagemaker_submit import REGION, ROLE, CallCounter, setup
-from workspace import BIN, scratch_project
+from workspace import BIN, parameters_notebook, scratch_project
 
 BATCAT = str(BIN / "batcat")
 TRANSFORM = """\
@@ -124,12 +124,7 @@ steps:
 
 
 def deployed_files(work: Path) -> Path:
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
-    cell = new_code_cell("alpha = 0.1\ndata_dir = ''\nout_dir = ''")
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells += [cell, new_code_cell("print(alpha)")]
-    nbformat.write(nb, str(work / "step.ipynb"))
+    parameters_notebook(work / "step.ipynb", "alpha = 0.1\ndata_dir = ''\nout_dir = ''", "print(alpha)")
     path = work / "bench.yaml"
     path.write_text(DEPLOYED)
     return path

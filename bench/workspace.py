@@ -35,3 +35,17 @@ def scratch_project() -> Iterator[Path]:
             yield work
         finally:
             subprocess.run([str(BIN / "batcat"), "agent", "stop"], check=False, capture_output=True)
+
+
+def parameters_notebook(path: Path, parameters: str, body: str) -> Path:
+    """A python3 notebook at ``path``: a ``parameters`` cell, then ``body``."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "python3", "language": "python"}
+    cell = new_code_cell(parameters)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells += [cell, new_code_cell(body)]
+    nbformat.write(nb, str(path))
+    return path

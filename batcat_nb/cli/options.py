@@ -46,19 +46,19 @@ def option(section: str, *decls: str, **attrs: Any) -> Any:
     return click.option(*decls, cls=SectionOption, section=section, **attrs)
 
 
+def parameters_option(help_text: str, section: str | None = None) -> Any:
+    """``-p NAME VALUE``, repeatable, typed as papermill types it (``run``, ``rerun``, workflows)."""
+    decls = ("-p", "--parameters", "values")
+    attrs: dict[str, Any] = {"nargs": 2, "multiple": True, "metavar": "NAME VALUE", "help": help_text}
+    return option(section, *decls, **attrs) if section else click.option(*decls, **attrs)
+
+
 def _core_options() -> list[Any]:
     parameters, run, tracking, sweep, containers = SECTIONS
     return [
         click.argument("notebook", type=click.Path(dir_okay=False)),
-        option(
-            parameters,
-            "-p",
-            "--parameters",
-            "values",
-            nargs=2,
-            multiple=True,
-            metavar="NAME VALUE",
-            help="Parameter, typed as papermill does (int, float, True/False/None, str).",
+        parameters_option(
+            "Parameter, typed as papermill does (int, float, True/False/None, str).", section=parameters
         ),
         option(
             parameters,

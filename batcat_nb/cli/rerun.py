@@ -7,19 +7,12 @@ import sys
 import click
 
 from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
+from .options import parameters_option
 
 
 @click.command()
 @click.argument("run_id")
-@click.option(
-    "-p",
-    "--parameters",
-    "values",
-    nargs=2,
-    multiple=True,
-    metavar="NAME VALUE",
-    help="Change one parameter, typed as papermill does; the others stay as recorded.",
-)
+@parameters_option("Change one parameter, typed as papermill does; the others stay as recorded.")
 @click.option("--backend", "-b", default=None, help="Run it elsewhere (default: where it ran).")
 @click.option("--tracking-uri", default=None, help="The store holding RUN_ID (default: the project's).")
 @click.option(

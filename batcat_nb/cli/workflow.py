@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
+from .options import parameters_option
 from .workflow_deploy import COMMANDS as AWS_COMMANDS
 
 
@@ -38,15 +39,7 @@ def check(file: str) -> None:
 
 @click.command("run")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option(
-    "-p",
-    "--parameters",
-    "values",
-    nargs=2,
-    multiple=True,
-    metavar="NAME VALUE",
-    help="Workflow parameter (typed as papermill does); reaches every step that declares it.",
-)
+@parameters_option("Workflow parameter (typed as papermill does); reaches every step that declares it.")
 @click.option("--backend", "-b", default=None, help="local (default), docker, sagemaker.")
 @click.option(
     "--max-parallel",

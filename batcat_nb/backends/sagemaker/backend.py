@@ -129,14 +129,7 @@ class SageMakerBackend:
                 "(or set BATCAT_SAGEMAKER_ROLE, or role = ... in [tool.batcat.sagemaker])"
             )
         aws.check_role_arn(role)
-        if not s3_prefix:
-            raise UsageError(
-                "no S3 location for the job's files; pass --s3-prefix s3://BUCKET/PREFIX "
-                "(or set BATCAT_SAGEMAKER_S3_PREFIX, or s3_prefix = ... in [tool.batcat.sagemaker])"
-            )
-        if not is_s3(s3_prefix):
-            raise UsageError(f"--s3-prefix {s3_prefix!r} is not an S3 URI; write s3://BUCKET/PREFIX")
-        bucket, prefix = split_s3(s3_prefix)
+        bucket, prefix = checked_s3_prefix(s3_prefix, "the job's files")
         if not config.image:
             raise UsageError(
                 "no runner image; build and push it with `batcat build --push --repository URI` "
@@ -174,6 +167,18 @@ class SageMakerBackend:
             )
         self._resolved[spec.job_name] = resolved
         return resolved
+
+
+def checked_s3_prefix(s3_prefix: str | None, what: str) -> tuple[str, str]:
+    """``--s3-prefix`` as (bucket, prefix), or one line saying how to give it."""
+    if not s3_prefix:
+        raise UsageError(
+            f"no S3 location for {what}; pass --s3-prefix s3://BUCKET/PREFIX "
+            "(or set BATCAT_SAGEMAKER_S3_PREFIX, or s3_prefix = ... in [tool.batcat.sagemaker])"
+        )
+    if not is_s3(s3_prefix):
+        raise UsageError(f"--s3-prefix {s3_prefix!r} is not an S3 URI; write s3://BUCKET/PREFIX")
+    return split_s3(s3_prefix)
 
 
 def studio_defaults() -> tuple[str | None, str | None]:

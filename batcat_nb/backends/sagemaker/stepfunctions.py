@@ -210,15 +210,7 @@ def _branch(plan: StepPlan, bucket: str, poll_seconds: int) -> dict[str, Any]:
             "Next": s["wait"],
         },
         s["wait"]: {"Type": "Wait", "Seconds": poll_seconds, "Next": s["poll"]},
-        s["poll"]: {
-            "Type": "Task",
-            "Resource": "arn:aws:states:::aws-sdk:sagemaker:describeProcessingJob",
-            "Parameters": {"ProcessingJobName.$": "$.job.name"},
-            "ResultSelector": {"status.$": "$.ProcessingJobStatus"},
-            "ResultPath": "$.job.state",
-            "Retry": _retry(),
-            "Next": s["ended"],
-        },
+        s["poll"]: _describe_job({"status.$": "$.ProcessingJobStatus"}, s["ended"]),
         s["ended"]: {
             "Type": "Choice",
             "Choices": [
@@ -228,15 +220,7 @@ def _branch(plan: StepPlan, bucket: str, poll_seconds: int) -> dict[str, Any]:
             ],
             "Default": s["wait"],
         },
-        s["why"]: {
-            "Type": "Task",
-            "Resource": "arn:aws:states:::aws-sdk:sagemaker:describeProcessingJob",
-            "Parameters": {"ProcessingJobName.$": "$.job.name"},
-            "ResultSelector": {"reason.$": "$.FailureReason"},
-            "ResultPath": "$.job.state",
-            "Retry": _retry(),
-            "Next": s["retry"] if plan.retries else s["failed"],
-        },
+        s["why"]: _describe_job({"reason.$": "$.FailureReason"}, s["retry"] if plan.retries else s["failed"]),
         s["done"]: {"Type": "Succeed"},
         s["failed"]: {
             "Type": "Fail",
@@ -270,6 +254,19 @@ def _branch(plan: StepPlan, bucket: str, poll_seconds: int) -> dict[str, Any]:
             "Next": s["prepare"],
         }
     return {"StartAt": s["start"], "States": states}
+
+
+def _describe_job(selector: dict[str, str], next_state: str) -> dict[str, Any]:
+    """A task that reads the step's job (DescribeProcessingJob) into ``$.job.state``, kept small."""
+    return {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::aws-sdk:sagemaker:describeProcessingJob",
+        "Parameters": {"ProcessingJobName.$": "$.job.name"},
+        "ResultSelector": selector,
+        "ResultPath": "$.job.state",
+        "Retry": _retry(),
+        "Next": next_state,
+    }
 
 
 def _retry() -> list[dict[str, Any]]:

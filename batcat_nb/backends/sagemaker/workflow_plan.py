@@ -25,7 +25,7 @@ from ...errors import UsageError
 from ...layout import CODE_CHANNEL
 from ...storage import is_s3, split_s3
 from . import stepfunctions as sfn
-from .backend import SageMakerConfig
+from .backend import SageMakerConfig, checked_s3_prefix
 
 if TYPE_CHECKING:
     from ...workflow.model import Step, Workflow
@@ -140,14 +140,7 @@ class Plan:
 
 def workflow_root(name: str, s3_prefix: str | None) -> str:
     """``s3://bucket/prefix/<name>/``: where everything of the workflow lives."""
-    if not s3_prefix:
-        raise UsageError(
-            "no S3 location for the workflow; pass --s3-prefix s3://BUCKET/PREFIX "
-            "(or set BATCAT_SAGEMAKER_S3_PREFIX, or s3_prefix = ... in [tool.batcat.sagemaker])"
-        )
-    if not is_s3(s3_prefix):
-        raise UsageError(f"--s3-prefix {s3_prefix!r} is not an S3 URI; write s3://BUCKET/PREFIX")
-    bucket, key = split_s3(s3_prefix)
+    bucket, key = checked_s3_prefix(s3_prefix, "the workflow")
     return f"s3://{bucket}/{'/'.join(filter(None, [key.strip('/'), name]))}/"
 
 

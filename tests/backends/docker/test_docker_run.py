@@ -11,12 +11,13 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import boto3
 import nbformat
 import pytest
 from conftest import BATCAT, EXAMPLES, error_outputs, output_notebook, run_batcat, write_notebook
-from docker_fixtures import job_containers, run_batcat_build
+from docker_fixtures import Runner, job_containers, run_batcat_build
 
 import batcat_nb
 from batcat_nb.errors import BackendError, UsageError
@@ -33,6 +34,22 @@ def error_of(stderr: str) -> list[str]:
 
 
 SALES_REVENUE = 12 * 2.5 + 7 * 2.5 + 3 * 10 + 5 * 10 + 9 * 2.5 + 4 * 10 + 15 * 2.5
+
+
+def submit_started(nb: Path, runner: Runner, experiment: str) -> Any:
+    """Submit ``nb`` to Docker and return its handle once its first cell printed 'started'."""
+    handle = batcat_nb.submit(
+        str(nb),
+        backend="docker",
+        backend_options={"image": runner.image.tag},
+        experiment=experiment,
+        log_output=True,
+    )
+    deadline = time.monotonic() + 60
+    while "started" not in handle.logs():
+        assert time.monotonic() < deadline, handle.logs()
+        time.sleep(0.2)
+    return handle
 
 
 def run_in_docker(notebook: Path, runner, **options):
@@ -184,17 +201,7 @@ def test_cancel_stops_the_container_and_keeps_the_partial_notebook(
     nb = write_notebook(
         project / "slow.ipynb", None, "print('started', flush=True)", "import time\ntime.sleep(300)"
     )
-    handle = batcat_nb.submit(
-        str(nb),
-        backend="docker",
-        backend_options={"image": runner.image.tag},
-        experiment=experiment,
-        log_output=True,
-    )
-    deadline = time.monotonic() + 60
-    while "started" not in handle.logs():
-        assert time.monotonic() < deadline, handle.logs()
-        time.sleep(0.2)
+    handle = submit_started(nb, runner, experiment)
     assert handle.status() == "RUNNING"
     handle.cancel()
     result = handle.wait(timeout=60)
@@ -410,17 +417,7 @@ def test_stop_ends_killed_with_the_partial_notebook_whatever_the_notebook_does_w
         "time.sleep(300)"
     )
     nb = write_notebook(project / "stubborn.ipynb", None, "print('started', flush=True)", stubborn)
-    handle = batcat_nb.submit(
-        str(nb),
-        backend="docker",
-        backend_options={"image": runner.image.tag},
-        experiment=experiment,
-        log_output=True,
-    )
-    deadline = time.monotonic() + 60
-    while "started" not in handle.logs():
-        assert time.monotonic() < deadline, handle.logs()
-        time.sleep(0.2)
+    handle = submit_started(nb, runner, experiment)
     handle.cancel()
     result = handle.wait(timeout=60)
     assert result.status == "KILLED"
