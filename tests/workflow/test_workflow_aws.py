@@ -531,3 +531,71 @@ def test_policy_prints_both_roles(
     assert code == 0, err
     assert "# batcat-sales-job (job role): permissions" in out
     assert '"states:StartExecution"' in out and "sns:Publish" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs that reach a tracking server record their own runs, grouped by execution
+
+
+def test_jobs_record_their_own_runs_in_the_job_tracking_server_and_sync_adds_none(
+    capsys: pytest.CaptureFixture[str],
+    pipeline: Path,
+    aws_options: dict[str, Any],
+    fake_sagemaker: Any,
+    interpreter: None,
+    mlflow_server: str,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    code, _, err = batcat_workflow(capsys, "deploy", str(pipeline), "--job-tracking-uri", mlflow_server)
+    assert code == 0, err
+    code, out, err = batcat_workflow(capsys, "trigger", "sales", "-p", "min_units", "3", "--wait")
+    assert code == 0, out + err
+    execution = out.splitlines()[0].split()[1]
+    environment = next(r for n, r in fake_sagemaker.requests.items() if n.startswith("sales-left-"))[
+        "Environment"
+    ]
+    assert environment["MLFLOW_TRACKING_URI"] == mlflow_server
+    assert environment["BATCAT_WORKFLOW_EXECUTION"] == execution  # filled in by the state machine
+    assert "MLFLOW_RUN_ID" not in environment
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("sales").experiment_id
+    runs = client.search_runs([experiment], f"tags.`batcat.workflow.execution` = '{execution}'")
+    by_step = {r.data.tags["batcat.workflow.step"]: r for r in runs}
+    assert sorted(by_step) == ["left", "prepare", "right"] and len(runs) == 3
+    for step, run in by_step.items():
+        assert run.info.status == "FINISHED" and run.info.run_name == step
+        assert run.data.tags["batcat.workflow"] == "sales"
+        assert run.data.params["min_units"] == "3"
+    left = by_step["left"]
+    assert left.data.params["label"] == "L" and left.data.metrics["rows"] == 4.0
+    artifacts = [a.path for a in client.list_artifacts(left.info.run_id)]
+    assert "report.ipynb" in artifacts
+
+    code, out, err = batcat_workflow(capsys, "sync", "sales", "--tracking-uri", mlflow_server)
+    assert code == 0, err
+    assert "0 step run(s) completed" in out  # the jobs completed their runs themselves
+    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
+    assert len(runs) == 4 and runs[execution].info.status == "FINISHED"
+    parent = runs[execution].info.run_id
+    assert all(runs[s].data.tags["mlflow.parentRunId"] == parent for s in ("prepare", "left", "right"))
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        (
+            "sqlite:///mlflow.db",
+            "--job-tracking-uri 'sqlite:///mlflow.db' is not an MLflow server a job can reach",
+        ),
+        ("https://me:secret@mlflow.example.com", "--job-tracking-uri holds a credential"),
+    ],
+)
+def test_a_job_tracking_uri_jobs_cannot_use_is_refused(
+    capsys: pytest.CaptureFixture[str], pipeline: Path, aws_options: dict[str, Any], uri: str, message: str
+) -> None:
+    code, _, err = batcat_workflow(capsys, "deploy", str(pipeline), "--job-tracking-uri", uri)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "secret" not in err
+    assert sfn_client().list_state_machines()["stateMachines"] == []

@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UsageError, did_you_mean
+from ...job_run import TAG_EXECUTION, TAG_STEP, TAG_STEP_RUN, TAG_WORKFLOW
 from . import aws
 from . import stepfunctions as sfn
 from .workflow_deploy import AwsCalls, NotFound, deployment
-from .workflow_plan import TAG_EXECUTION, TAG_STEP, TAG_WORKFLOW, Names
+from .workflow_plan import Names
 
 log = logging.getLogger("batcat_nb")
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
-TAG_STEP_RUN = "batcat.workflow.step_run"  # <execution>/<step>: a step's MLflow run, found again
+TAG_EXECUTION_ARN = "batcat.workflow.execution_arn"  # the execution's parent run only
 
 
 def execution_name(workflow: str) -> str:
@@ -178,6 +179,7 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
     from ...layout import NOTEBOOK_CHANNEL
     from ...manifest import Manifest
     from ...storage import download
+    from ...sweeps import TAG_PARENT
     from ...tracking import TAG_COMPLETED, Tracker
 
     record, calls = deployment(name, region)
@@ -189,7 +191,7 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
         if execution["status"] == "RUNNING":
             continue
         exec_name = execution["name"]
-        parent = tracker.find_run(experiment, TAG_EXECUTION, exec_name)
+        parent = tracker.find_run(experiment, TAG_EXECUTION_ARN, execution["executionArn"])
         if parent is None:
             parent, _ = tracker.start_run(
                 experiment=name,
@@ -198,7 +200,7 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
                 tags={
                     TAG_WORKFLOW: name,
                     TAG_EXECUTION: exec_name,
-                    "batcat.workflow.execution_arn": execution["executionArn"],
+                    TAG_EXECUTION_ARN: execution["executionArn"],
                 },
             )
         for step in record["steps"]:
@@ -215,7 +217,7 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
                         run_name=step["name"],
                         params=manifest.parameters,
                         tags={
-                            "mlflow.parentRunId": parent,
+                            TAG_PARENT: parent,
                             TAG_WORKFLOW: name,
                             TAG_STEP: step["name"],
                             TAG_EXECUTION: exec_name,
@@ -223,7 +225,10 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
                             "batcat.job_name": manifest.job_name,
                         },
                     )
-                if tracker.client.get_run(child).data.tags.get(TAG_COMPLETED) == "true":
+                tags = tracker.run_tags(child)
+                if tags.get(TAG_PARENT) != parent:  # a run the job recorded itself joins its execution
+                    tracker.client.set_tag(child, TAG_PARENT, parent)
+                if tags.get(TAG_COMPLETED) == "true":
                     continue
                 tracker.complete_run(child, manifest, Path(tmp))
                 completed += 1
