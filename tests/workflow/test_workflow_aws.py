@@ -21,6 +21,7 @@ from batcat_nb.backends.sagemaker import stepfunctions as sfn
 
 EXECUTION_ROLE = "arn:aws:iam::123456789012:role/batcat-tests-states"
 TOPIC = "arn:aws:sns:us-east-1:123456789012:ml-alerts"
+MANAGED_MLFLOW = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/ml"
 
 PREPARE = (
     "import pathlib\n"
@@ -582,6 +583,27 @@ def test_jobs_record_their_own_runs_in_the_job_tracking_server_and_sync_adds_non
     assert all(runs[s].data.tags["mlflow.parentRunId"] == parent for s in ("prepare", "left", "right"))
 
 
+def test_a_job_whose_tracking_server_is_down_still_runs_and_sync_records_it(
+    capsys: pytest.CaptureFixture[str],
+    pipeline: Path,
+    aws_options: dict[str, Any],
+    fake_sagemaker: Any,
+    interpreter: None,
+    runs_of: Any,
+) -> None:
+    from conftest import free_port
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    code, _, err = batcat_workflow(capsys, "deploy", str(pipeline), "--job-tracking-uri", down)
+    assert code == 0, err
+    code, out, err = batcat_workflow(capsys, "trigger", "sales", "--wait")
+    assert code == 0, out + err
+    assert "could not create an MLflow run (batcat workflow sync will)" in out
+    code, out, err = batcat_workflow(capsys, "sync", "sales")
+    assert code == 0 and "3 step run(s) completed" in out, out + err
+    assert {r.info.status for r in runs_of("sales")} == {"FINISHED"}
+
+
 @pytest.mark.parametrize(
     ("uri", "message"),
     [
@@ -599,3 +621,22 @@ def test_a_job_tracking_uri_jobs_cannot_use_is_refused(
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert "secret" not in err
     assert sfn_client().list_state_machines()["stateMachines"] == []
+
+
+@pytest.mark.parametrize(
+    ("configured", "handed"),
+    [
+        ("https://mlflow.example.com", "https://mlflow.example.com"),
+        (MANAGED_MLFLOW, MANAGED_MLFLOW),
+        ("sqlite:///mlflow.db", None),
+        ("http://127.0.0.1:5000", None),  # this machine's loopback is not the job's
+        ("https://me:secret@mlflow.example.com", None),
+    ],
+)
+def test_without_the_option_jobs_get_the_configured_store_only_when_they_can_reach_it(
+    project: Path, monkeypatch: pytest.MonkeyPatch, configured: str, handed: str | None
+) -> None:
+    from batcat_nb.backends.sagemaker.workflow_plan import job_tracking_uri
+
+    monkeypatch.setenv("BATCAT_TRACKING_URI", configured)
+    assert job_tracking_uri(None) == handed
