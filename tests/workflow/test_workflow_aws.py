@@ -612,6 +612,7 @@ def test_a_job_whose_tracking_server_is_down_still_runs_and_sync_records_it(
             "--job-tracking-uri 'sqlite:///mlflow.db' is not an MLflow server a job can reach",
         ),
         ("https://me:secret@mlflow.example.com", "--job-tracking-uri holds a credential"),
+        ("https://mlflow.example.com/" + "x" * 240, "--job-tracking-uri is 267 characters long"),
     ],
 )
 def test_a_job_tracking_uri_jobs_cannot_use_is_refused(

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 S3_URI_PARAMETER = "s3_uri"  # receives the object's URI in executions started by on_s3
 DEPLOYMENT_FILE = "deployment.json"
+ENV_VALUE_MAX = 256  # SageMaker's limit on one environment value of a job
 
 
 @dataclasses.dataclass
@@ -252,6 +253,11 @@ def job_tracking_uri(given: str | None) -> str | None:
             raise UsageError(
                 f"--job-tracking-uri {given!r} is not an MLflow server a job can reach; give the "
                 "server's http(s):// address as the jobs see it, or a SageMaker managed MLflow ARN"
+            )
+        if len(given) > ENV_VALUE_MAX:
+            raise UsageError(
+                f"--job-tracking-uri is {len(given)} characters long; a job's environment value "
+                f"holds at most {ENV_VALUE_MAX}"
             )
         if without_credentials(given) != given:
             raise UsageError(
