@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kernels = KernelSupply()
     kernels.prepare(job["kernel"])  # boots while papermill imports
-    own = job_run.start(job)  # a job with no launcher records its own run
+    own = None if os.environ.get(TRACKING_FROM_STDIN_ENV) else job_run.start(job)  # no launcher
     worker = Worker(layout, job)
     code = worker.run(kernels, functools.partial(dict, own.env) if own else _late_tracking_env)
     if own is not None:
