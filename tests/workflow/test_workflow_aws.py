@@ -548,6 +548,12 @@ def test_jobs_record_their_own_runs_in_the_job_tracking_server_and_sync_adds_non
 ) -> None:
     from mlflow.tracking import MlflowClient
 
+    write_notebook(  # the notebook logs to MLflow itself, into the run its job created
+        pipeline.parent.parent / "notebooks" / "prepare.ipynb",
+        "min_units = 0\nout_dir = ''\ns3_uri = 'none'",
+        PREPARE,
+        "import mlflow\nmlflow.log_metric('direct', 7)",
+    )
     code, _, err = batcat_workflow(capsys, "deploy", str(pipeline), "--job-tracking-uri", mlflow_server)
     assert code == 0, err
     code, out, err = batcat_workflow(capsys, "trigger", "sales", "-p", "min_units", "3", "--wait")
@@ -569,6 +575,7 @@ def test_jobs_record_their_own_runs_in_the_job_tracking_server_and_sync_adds_non
         assert run.info.status == "FINISHED" and run.info.run_name == step
         assert run.data.tags["batcat.workflow"] == "sales"
         assert run.data.params["min_units"] == "3"
+    assert by_step["prepare"].data.metrics["direct"] == 7.0
     left = by_step["left"]
     assert left.data.params["label"] == "L" and left.data.metrics["rows"] == 4.0
     artifacts = [a.path for a in client.list_artifacts(left.info.run_id)]
