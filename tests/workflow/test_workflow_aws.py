@@ -568,7 +568,8 @@ def test_jobs_record_their_own_runs_in_the_job_tracking_server_and_sync_adds_non
 
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment = client.get_experiment_by_name("sales").experiment_id
-    runs = client.search_runs([experiment], f"tags.`batcat.workflow.execution` = '{execution}'")
+    in_execution = f"tags.`batcat.workflow.execution` = '{execution}'"  # the server outlives tests
+    runs = client.search_runs([experiment], in_execution)
     by_step = {r.data.tags["batcat.workflow.step"]: r for r in runs}
     assert sorted(by_step) == ["left", "prepare", "right"] and len(runs) == 3
     for step, run in by_step.items():
@@ -584,10 +585,47 @@ def test_jobs_record_their_own_runs_in_the_job_tracking_server_and_sync_adds_non
     code, out, err = batcat_workflow(capsys, "sync", "sales", "--tracking-uri", mlflow_server)
     assert code == 0, err
     assert "0 step run(s) completed" in out  # the jobs completed their runs themselves
-    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
+    runs = {r.info.run_name: r for r in client.search_runs([experiment], in_execution)}
     assert len(runs) == 4 and runs[execution].info.status == "FINISHED"
     parent = runs[execution].info.run_id
     assert all(runs[s].data.tags["mlflow.parentRunId"] == parent for s in ("prepare", "left", "right"))
+
+
+def test_sync_fails_the_run_of_an_attempt_whose_instance_was_lost(
+    capsys: pytest.CaptureFixture[str],
+    pipeline: Path,
+    aws_options: dict[str, Any],
+    fake_sagemaker: Any,
+    interpreter: None,
+    mlflow_server: str,
+) -> None:
+    from aws_fixtures import subprocess_runner
+    from mlflow.tracking import MlflowClient
+
+    from batcat_nb import job_run
+    from batcat_nb.contract import ProcessingOutcome
+
+    def lost(request: dict[str, Any], **kwargs: Any) -> Any:
+        name = request["ProcessingJobName"]
+        if name.startswith("sales-right-0-"):  # the worker created its run, then the instance went
+            job = {"job_name": name, "kernel": "python3", "recorded_parameters": {}}
+            assert job_run.start(job, request["Environment"]) is not None
+            return ProcessingOutcome(1, "Failed", "InternalServerError: the instance was lost")
+        return subprocess_runner(request, **kwargs)
+
+    fake_sagemaker.runner = lost
+    code, _, err = batcat_workflow(capsys, "deploy", str(pipeline), "--job-tracking-uri", mlflow_server)
+    assert code == 0, err
+    code, out, err = batcat_workflow(capsys, "trigger", "sales", "--wait")
+    assert code == 0, out + err
+    execution = out.splitlines()[0].split()[1]
+    code, out, err = batcat_workflow(capsys, "sync", "sales", "--tracking-uri", mlflow_server)
+    assert code == 0 and "0 step run(s) completed" in out, out + err
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("sales").experiment_id
+    right = client.search_runs([experiment], f"tags.`batcat.workflow.step_run` = '{execution}/right'")
+    status = {r.data.tags["batcat.job_name"].split("-")[2]: r.info.status for r in right}
+    assert status == {"0": "FAILED", "1": "FINISHED"}
 
 
 def test_a_job_whose_tracking_server_is_down_still_runs_and_sync_records_it(

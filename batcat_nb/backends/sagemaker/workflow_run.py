@@ -180,7 +180,7 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
     from ...manifest import Manifest
     from ...storage import download
     from ...sweeps import TAG_PARENT
-    from ...tracking import TAG_COMPLETED, Tracker
+    from ...tracking import TAG_COMPLETED, TAG_JOB_NAME, Tracker
 
     record, calls = deployment(name, region)
     tracker = Tracker(tracking_uri)
@@ -208,9 +208,11 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
             uri = f"{record['root']}executions/{exec_name}/{step['folder']}/output/{NOTEBOOK_CHANNEL}/"
             with tempfile.TemporaryDirectory(prefix="batcat-sync-") as tmp:
                 if not download(uri, Path(tmp), s3, folder=True):
+                    _end_lost_runs(tracker, experiment, key, None)
                     continue
                 manifest = Manifest.read(Path(tmp))
-                child = tracker.find_run(experiment, TAG_STEP_RUN, key)
+                child = tracker.find_run(experiment, TAG_JOB_NAME, manifest.job_name)  # its attempt's
+                _end_lost_runs(tracker, experiment, key, child)
                 if child is None:
                     child, _ = tracker.start_run(
                         experiment=name,
@@ -222,7 +224,7 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
                             TAG_STEP: step["name"],
                             TAG_EXECUTION: exec_name,
                             TAG_STEP_RUN: key,
-                            "batcat.job_name": manifest.job_name,
+                            TAG_JOB_NAME: manifest.job_name,
                         },
                     )
                 tags = tracker.run_tags(child)
@@ -238,6 +240,19 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
             tracker.end_run(parent, status, {TAG_COMPLETED: "true"}, {})
     echo(f"{name}: {completed} step run(s) completed in {tracking_uri}")
     return completed
+
+
+def _end_lost_runs(tracker: Any, experiment: str, key: str, keep: str | None) -> None:
+    """FAILED for the step's runs a job left RUNNING (its instance lost), but ``keep``'s: the
+    execution has ended, and a run never stays RUNNING after its job."""
+    found = tracker.client.search_runs(
+        [experiment], filter_string=f"tags.`{TAG_STEP_RUN}` = '{key}' and attributes.status = 'RUNNING'"
+    )
+    for run in found:
+        if run.info.run_id != keep:
+            tracker.fail_run(
+                run.info.run_id, "FAILED", "its job ended without completing it (see the job's log)"
+            )
 
 
 def _execution_parameters(record: dict[str, Any], execution: str, calls: AwsCalls) -> dict[str, Any]:
