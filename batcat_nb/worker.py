@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import environment, lease, retry
+from . import environment, job_run, lease, retry
 from .layout import CODE_CHANNEL, MESSAGE_LIMIT, JobLayout
 from .manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
 from .privileges import drop_privileges
@@ -80,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kernels = KernelSupply()
     kernels.prepare(job["kernel"])  # boots while papermill imports
-    return Worker(layout, job).run(kernels, _late_tracking_env)
+    own = None if os.environ.get(TRACKING_FROM_STDIN_ENV) else job_run.start(job)  # no launcher
+    worker = Worker(layout, job)
+    code = worker.run(kernels, functools.partial(dict, own.env) if own else _late_tracking_env)
+    if own is not None:
+        own.complete(worker.manifest, worker.output_dir)
+    return code
 
 
 def serve() -> int:

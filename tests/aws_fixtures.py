@@ -238,7 +238,11 @@ def subprocess_runner(
         (config / "resourceconfig.json").write_text(
             json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
         )
-        host = {k: os.environ[k] for k in ("PATH", "LANG", "MLFLOW_DISABLE_TELEMETRY") if k in os.environ}
+        host = {
+            k: os.environ[k]
+            for k in ("PATH", "LANG", "MLFLOW_DISABLE_TELEMETRY", "PYTHONPATH")
+            if k in os.environ
+        }  # PYTHONPATH: the code under test, not the installed copy
         env = {**host, "HOME": str(root), **request.get("Environment", {}), "BATCAT_ML_ROOT": str(root)}
         process = subprocess.Popen(
             [sys.executable, "-m", "batcat_nb.worker"],

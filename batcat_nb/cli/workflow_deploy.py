@@ -41,6 +41,13 @@ region_option = click.option("--region", default=None, help="AWS region (default
 @click.option("--image", default=None, metavar="URI", help="Runner image URI (batcat build --push).")
 @click.option("--execution-role", default=None, metavar="ARN", help="Role the state machine runs as.")
 @click.option("--create-roles", is_flag=True, help="Create both roles (see `batcat workflow policy`).")
+@click.option(
+    "--job-tracking-uri",
+    default=None,
+    metavar="URI",
+    help="MLflow server as the jobs reach it: each step records its own run there "
+    "(default: the configured store, when a job on AWS can reach it).",
+)
 @region_option
 def deploy(
     file: str,
@@ -49,6 +56,7 @@ def deploy(
     image: str | None,
     execution_role: str | None,
     create_roles: bool,
+    job_tracking_uri: str | None,
     region: str | None,
 ) -> None:
     """Deploy workflow FILE to AWS Step Functions (again: only what changed)."""
@@ -59,7 +67,11 @@ def deploy(
     workflow = load_workflow(file)
     where = _region(_sagemaker_region(region))
     options: dict[str, Any] = {"role": role, "s3_prefix": s3_prefix, "image": image, "region": where}
-    config = resolve(workflow_plan.StepFunctionsConfig, "stepfunctions", {"execution_role": execution_role})
+    config = resolve(
+        workflow_plan.StepFunctionsConfig,
+        "stepfunctions",
+        {"execution_role": execution_role, "job_tracking_uri": job_tracking_uri},
+    )
     changes: list[str] = []
     if create_roles:
         if role or execution_role:

@@ -21,6 +21,7 @@ from batcat_nb.backends.sagemaker import stepfunctions as sfn
 
 EXECUTION_ROLE = "arn:aws:iam::123456789012:role/batcat-tests-states"
 TOPIC = "arn:aws:sns:us-east-1:123456789012:ml-alerts"
+MANAGED_MLFLOW = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/ml"
 
 PREPARE = (
     "import pathlib\n"
@@ -531,3 +532,157 @@ def test_policy_prints_both_roles(
     assert code == 0, err
     assert "# batcat-sales-job (job role): permissions" in out
     assert '"states:StartExecution"' in out and "sns:Publish" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# jobs that reach a tracking server record their own runs, grouped by execution
+
+
+def test_jobs_record_their_own_runs_in_the_job_tracking_server_and_sync_adds_none(
+    capsys: pytest.CaptureFixture[str],
+    pipeline: Path,
+    aws_options: dict[str, Any],
+    fake_sagemaker: Any,
+    interpreter: None,
+    mlflow_server: str,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    write_notebook(  # the notebook logs to MLflow itself, into the run its job created
+        pipeline.parent.parent / "notebooks" / "prepare.ipynb",
+        "min_units = 0\nout_dir = ''\ns3_uri = 'none'",
+        PREPARE,
+        "import mlflow\nmlflow.log_metric('direct', 7)",
+    )
+    code, _, err = batcat_workflow(capsys, "deploy", str(pipeline), "--job-tracking-uri", mlflow_server)
+    assert code == 0, err
+    code, out, err = batcat_workflow(capsys, "trigger", "sales", "-p", "min_units", "3", "--wait")
+    assert code == 0, out + err
+    execution = out.splitlines()[0].split()[1]
+    environment = next(r for n, r in fake_sagemaker.requests.items() if n.startswith("sales-left-"))[
+        "Environment"
+    ]
+    assert environment["MLFLOW_TRACKING_URI"] == mlflow_server
+    assert environment["BATCAT_WORKFLOW_EXECUTION"] == execution  # filled in by the state machine
+    assert "MLFLOW_RUN_ID" not in environment
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("sales").experiment_id
+    in_execution = f"tags.`batcat.workflow.execution` = '{execution}'"  # the server outlives tests
+    runs = client.search_runs([experiment], in_execution)
+    by_step = {r.data.tags["batcat.workflow.step"]: r for r in runs}
+    assert sorted(by_step) == ["left", "prepare", "right"] and len(runs) == 3
+    for step, run in by_step.items():
+        assert run.info.status == "FINISHED" and run.info.run_name == step
+        assert run.data.tags["batcat.workflow"] == "sales"
+        assert run.data.params["min_units"] == "3"
+    assert by_step["prepare"].data.metrics["direct"] == 7.0
+    left = by_step["left"]
+    assert left.data.params["label"] == "L" and left.data.metrics["rows"] == 4.0
+    artifacts = [a.path for a in client.list_artifacts(left.info.run_id)]
+    assert "report.ipynb" in artifacts
+
+    code, out, err = batcat_workflow(capsys, "sync", "sales", "--tracking-uri", mlflow_server)
+    assert code == 0, err
+    assert "0 step run(s) completed" in out  # the jobs completed their runs themselves
+    runs = {r.info.run_name: r for r in client.search_runs([experiment], in_execution)}
+    assert len(runs) == 4 and runs[execution].info.status == "FINISHED"
+    parent = runs[execution].info.run_id
+    assert all(runs[s].data.tags["mlflow.parentRunId"] == parent for s in ("prepare", "left", "right"))
+
+
+def test_sync_fails_the_run_of_an_attempt_whose_instance_was_lost(
+    capsys: pytest.CaptureFixture[str],
+    pipeline: Path,
+    aws_options: dict[str, Any],
+    fake_sagemaker: Any,
+    interpreter: None,
+    mlflow_server: str,
+) -> None:
+    from aws_fixtures import subprocess_runner
+    from mlflow.tracking import MlflowClient
+
+    from batcat_nb import job_run
+    from batcat_nb.contract import ProcessingOutcome
+
+    def lost(request: dict[str, Any], **kwargs: Any) -> Any:
+        name = request["ProcessingJobName"]
+        if name.startswith("sales-right-0-"):  # the worker created its run, then the instance went
+            job = {"job_name": name, "kernel": "python3", "recorded_parameters": {}}
+            assert job_run.start(job, request["Environment"]) is not None
+            return ProcessingOutcome(1, "Failed", "InternalServerError: the instance was lost")
+        return subprocess_runner(request, **kwargs)
+
+    fake_sagemaker.runner = lost
+    code, _, err = batcat_workflow(capsys, "deploy", str(pipeline), "--job-tracking-uri", mlflow_server)
+    assert code == 0, err
+    code, out, err = batcat_workflow(capsys, "trigger", "sales", "--wait")
+    assert code == 0, out + err
+    execution = out.splitlines()[0].split()[1]
+    code, out, err = batcat_workflow(capsys, "sync", "sales", "--tracking-uri", mlflow_server)
+    assert code == 0 and "0 step run(s) completed" in out, out + err
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("sales").experiment_id
+    right = client.search_runs([experiment], f"tags.`batcat.workflow.step_run` = '{execution}/right'")
+    status = {r.data.tags["batcat.job_name"].split("-")[2]: r.info.status for r in right}
+    assert status == {"0": "FAILED", "1": "FINISHED"}
+
+
+def test_a_job_whose_tracking_server_is_down_still_runs_and_sync_records_it(
+    capsys: pytest.CaptureFixture[str],
+    pipeline: Path,
+    aws_options: dict[str, Any],
+    fake_sagemaker: Any,
+    interpreter: None,
+    runs_of: Any,
+) -> None:
+    from conftest import free_port
+
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    code, _, err = batcat_workflow(capsys, "deploy", str(pipeline), "--job-tracking-uri", down)
+    assert code == 0, err
+    code, out, err = batcat_workflow(capsys, "trigger", "sales", "--wait")
+    assert code == 0, out + err
+    assert "could not create an MLflow run (batcat workflow sync will)" in out
+    code, out, err = batcat_workflow(capsys, "sync", "sales")
+    assert code == 0 and "3 step run(s) completed" in out, out + err
+    assert {r.info.status for r in runs_of("sales")} == {"FINISHED"}
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        (
+            "sqlite:///mlflow.db",
+            "--job-tracking-uri 'sqlite:///mlflow.db' is not an MLflow server a job can reach",
+        ),
+        ("https://me:secret@mlflow.example.com", "--job-tracking-uri holds a credential"),
+        ("https://mlflow.example.com/" + "x" * 240, "--job-tracking-uri is 267 characters long"),
+    ],
+)
+def test_a_job_tracking_uri_jobs_cannot_use_is_refused(
+    capsys: pytest.CaptureFixture[str], pipeline: Path, aws_options: dict[str, Any], uri: str, message: str
+) -> None:
+    code, _, err = batcat_workflow(capsys, "deploy", str(pipeline), "--job-tracking-uri", uri)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "secret" not in err
+    assert sfn_client().list_state_machines()["stateMachines"] == []
+
+
+@pytest.mark.parametrize(
+    ("configured", "handed"),
+    [
+        ("https://mlflow.example.com", "https://mlflow.example.com"),
+        (MANAGED_MLFLOW, MANAGED_MLFLOW),
+        ("sqlite:///mlflow.db", None),
+        ("http://127.0.0.1:5000", None),  # this machine's loopback is not the job's
+        ("https://me:secret@mlflow.example.com", None),
+    ],
+)
+def test_without_the_option_jobs_get_the_configured_store_only_when_they_can_reach_it(
+    project: Path, monkeypatch: pytest.MonkeyPatch, configured: str, handed: str | None
+) -> None:
+    from batcat_nb.backends.sagemaker.workflow_plan import job_tracking_uri
+
+    monkeypatch.setenv("BATCAT_TRACKING_URI", configured)
+    assert job_tracking_uri(None) == handed

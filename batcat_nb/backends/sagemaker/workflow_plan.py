@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from ...contract import code_files
 from ...errors import UsageError
+from ...job_run import TAG_EXECUTION, TAG_STEP, TAG_WORKFLOW, workflow_env
 from ...layout import CODE_CHANNEL
+from ...redact import without_credentials
 from ...storage import is_s3, split_s3
 from . import stepfunctions as sfn
 from .backend import SageMakerConfig, checked_s3_prefix
@@ -31,10 +33,8 @@ if TYPE_CHECKING:
     from ...workflow.model import Step, Workflow
 
 S3_URI_PARAMETER = "s3_uri"  # receives the object's URI in executions started by on_s3
-TAG_WORKFLOW = "batcat.workflow"
-TAG_STEP = "batcat.workflow.step"
-TAG_EXECUTION = "batcat.workflow.execution"
 DEPLOYMENT_FILE = "deployment.json"
+ENV_VALUE_MAX = 256  # SageMaker's limit on one environment value of a job
 
 
 @dataclasses.dataclass
@@ -43,6 +43,7 @@ class StepFunctionsConfig:
 
     execution_role: str | None = None  # the role Step Functions, Scheduler and EventBridge assume
     poll_interval: int = 30  # seconds between two DescribeProcessingJob of a step
+    job_tracking_uri: str | None = None  # the MLflow server as the jobs reach it (they record their runs)
 
 
 @dataclasses.dataclass
@@ -170,6 +171,7 @@ def build(workflow: Workflow, options: dict[str, Any], config: StepFunctionsConf
         name: load_notebook(step.notebook).parameters() or [] for name, step in workflow.steps.items()
     }
     defaults = _defaults(workflow, declared)
+    tracking_uri = job_tracking_uri(config.job_tracking_uri)
     backend = SageMakerBackend()
     plans: dict[str, sfn.StepPlan] = {}
     code: dict[str, list[tuple[Path, str]]] = {}
@@ -198,7 +200,8 @@ def build(workflow: Workflow, options: dict[str, Any], config: StepFunctionsConf
         spec.job_name = folder
         resolved = backend._resolve(spec)
         region, role = resolved.region, resolved.role
-        job_request = _request(spec, resolved)
+        env = workflow_env(tracking_uri, workflow.name, name, sfn.EXECUTION) if tracking_uri else {}
+        job_request = _request(spec, resolved, env)
         files = code_files(Path(spec.notebook), resolved.include)
         code_uri = f"{root}code/{_digest(files)}/"
         code[code_uri] = files
@@ -230,12 +233,44 @@ def build(workflow: Workflow, options: dict[str, Any], config: StepFunctionsConf
     )
 
 
-def _request(spec: Any, resolved: Any) -> dict[str, Any]:
+def job_tracking_uri(given: str | None) -> str | None:
+    """The MLflow server the steps' jobs record their own runs in, or None (then `sync` does).
+
+    ``given`` (``--job-tracking-uri``) is the server as the jobs see it, which this machine may
+    not reach; without it, the configured store when a job on AWS can reach it.
+    """
+    from .backend import _tracking_reachable
+
+    if given:
+        if not given.startswith(("http://", "https://", "arn:")) or given.endswith("://"):
+            raise UsageError(
+                f"--job-tracking-uri {given!r} is not an MLflow server a job can reach; give the "
+                "server's http(s):// address as the jobs see it, or a SageMaker managed MLflow ARN"
+            )
+        if len(given) > ENV_VALUE_MAX:
+            raise UsageError(
+                f"--job-tracking-uri is {len(given)} characters long; a job's environment value "
+                f"holds at most {ENV_VALUE_MAX}"
+            )
+        if without_credentials(given) != given:
+            raise UsageError(
+                "--job-tracking-uri holds a credential, which every job's description would show; "
+                "leave it out of the URI"
+            )
+        return given
+    from ...config import CoreConfig, resolve
+    from ...tracking import default_tracking_uri
+
+    configured = resolve(CoreConfig, "").tracking_uri or default_tracking_uri()
+    return configured if _tracking_reachable(configured) else None
+
+
+def _request(spec: Any, resolved: Any, env: dict[str, str]) -> dict[str, Any]:
     """The backend's CreateProcessingJob request, checked with a sample execution filled in."""
     from . import aws
     from .backend import _request
 
-    request = _request(spec, resolved, {})
+    request = _request(spec, resolved, env)
     sample = json.loads(json.dumps(request).replace(sfn.EXECUTION, "sample-execution"))
     sample["ProcessingJobName"] = sfn.job_name(sfn.job_prefix("w" * 63, "s" * 63), 99, "0" * sfn.HASH_LENGTH)
     aws.validate_request("sagemaker", "CreateProcessingJob", sample)

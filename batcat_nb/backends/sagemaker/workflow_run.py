@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UsageError, did_you_mean
+from ...job_run import TAG_EXECUTION, TAG_STEP, TAG_STEP_RUN, TAG_WORKFLOW
 from . import aws
 from . import stepfunctions as sfn
 from .workflow_deploy import AwsCalls, NotFound, deployment
-from .workflow_plan import TAG_EXECUTION, TAG_STEP, TAG_WORKFLOW, Names
+from .workflow_plan import Names
 
 log = logging.getLogger("batcat_nb")
 
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
-TAG_STEP_RUN = "batcat.workflow.step_run"  # <execution>/<step>: a step's MLflow run, found again
+TAG_EXECUTION_ARN = "batcat.workflow.execution_arn"  # the execution's parent run only
 
 
 def execution_name(workflow: str) -> str:
@@ -178,7 +179,8 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
     from ...layout import NOTEBOOK_CHANNEL
     from ...manifest import Manifest
     from ...storage import download
-    from ...tracking import TAG_COMPLETED, Tracker
+    from ...sweeps import TAG_PARENT
+    from ...tracking import TAG_COMPLETED, TAG_JOB_NAME, Tracker
 
     record, calls = deployment(name, region)
     tracker = Tracker(tracking_uri)
@@ -189,7 +191,7 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
         if execution["status"] == "RUNNING":
             continue
         exec_name = execution["name"]
-        parent = tracker.find_run(experiment, TAG_EXECUTION, exec_name)
+        parent = tracker.find_run(experiment, TAG_EXECUTION_ARN, execution["executionArn"])
         if parent is None:
             parent, _ = tracker.start_run(
                 experiment=name,
@@ -198,7 +200,7 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
                 tags={
                     TAG_WORKFLOW: name,
                     TAG_EXECUTION: exec_name,
-                    "batcat.workflow.execution_arn": execution["executionArn"],
+                    TAG_EXECUTION_ARN: execution["executionArn"],
                 },
             )
         for step in record["steps"]:
@@ -206,24 +208,29 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
             uri = f"{record['root']}executions/{exec_name}/{step['folder']}/output/{NOTEBOOK_CHANNEL}/"
             with tempfile.TemporaryDirectory(prefix="batcat-sync-") as tmp:
                 if not download(uri, Path(tmp), s3, folder=True):
+                    _end_lost_runs(tracker, experiment, key, None)
                     continue
                 manifest = Manifest.read(Path(tmp))
-                child = tracker.find_run(experiment, TAG_STEP_RUN, key)
+                child = tracker.find_run(experiment, TAG_JOB_NAME, manifest.job_name)  # its attempt's
+                _end_lost_runs(tracker, experiment, key, child)
                 if child is None:
                     child, _ = tracker.start_run(
                         experiment=name,
                         run_name=step["name"],
                         params=manifest.parameters,
                         tags={
-                            "mlflow.parentRunId": parent,
+                            TAG_PARENT: parent,
                             TAG_WORKFLOW: name,
                             TAG_STEP: step["name"],
                             TAG_EXECUTION: exec_name,
                             TAG_STEP_RUN: key,
-                            "batcat.job_name": manifest.job_name,
+                            TAG_JOB_NAME: manifest.job_name,
                         },
                     )
-                if tracker.client.get_run(child).data.tags.get(TAG_COMPLETED) == "true":
+                tags = tracker.run_tags(child)
+                if tags.get(TAG_PARENT) != parent:  # a run the job recorded itself joins its execution
+                    tracker.client.set_tag(child, TAG_PARENT, parent)
+                if tags.get(TAG_COMPLETED) == "true":
                     continue
                 tracker.complete_run(child, manifest, Path(tmp))
                 completed += 1
@@ -233,6 +240,19 @@ def sync(name: str, region: str, tracking_uri: str, echo: Callable[[str], None])
             tracker.end_run(parent, status, {TAG_COMPLETED: "true"}, {})
     echo(f"{name}: {completed} step run(s) completed in {tracking_uri}")
     return completed
+
+
+def _end_lost_runs(tracker: Any, experiment: str, key: str, keep: str | None) -> None:
+    """FAILED for the step's runs a job left RUNNING (its instance lost), but ``keep``'s: the
+    execution has ended, and a run never stays RUNNING after its job."""
+    found = tracker.client.search_runs(
+        [experiment], filter_string=f"tags.`{TAG_STEP_RUN}` = '{key}' and attributes.status = 'RUNNING'"
+    )
+    for run in found:
+        if run.info.run_id != keep:
+            tracker.fail_run(
+                run.info.run_id, "FAILED", "its job ended without completing it (see the job's log)"
+            )
 
 
 def _execution_parameters(record: dict[str, Any], execution: str, calls: AwsCalls) -> dict[str, Any]:
