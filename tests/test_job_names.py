@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from batcat_nb.sweeps import SweepRequest, _Sweep
 from conftest import write_notebook
 
 from batcat_nb import api
 from batcat_nb.errors import UsageError
 from batcat_nb.spec import RunRequest
+from batcat_nb.sweeps import SweepRequest, _Sweep
 
 SAGEMAKER_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 

@@ -94,10 +94,9 @@ def test_a_store_locked_for_a_moment_is_tried_again_and_the_run_created(tmp_path
 def test_a_sweep_whose_store_stays_away_ends_its_parent_failed_with_the_reason(
     project, experiment, monkeypatch, mlflow_client, tracking_uri
 ):
-    from batcat_nb.sweeps import SweepRequest, run_sweep
-
     from batcat_nb.errors import TrackingError
     from batcat_nb.spec import RunRequest
+    from batcat_nb.sweeps import SweepRequest, run_sweep
 
     monkeypatch.setenv("BATCAT_AGENT", "0")
     monkeypatch.setenv("BATCAT_TRACKING_RETRIES", "2")
