@@ -20,6 +20,7 @@ that prints the value is masked before it reaches the notebook, its HTML or the 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BatcatError, UsageError
+from .layout import JobLayout
 from .redact import Masker
 
 ENV_PREFIX = "BATCAT_SECRET_"
@@ -141,15 +143,30 @@ def for_job(secrets: Mapping[str, str], env: Mapping[str, str]) -> JobSecrets:
     )
 
 
+def job_region() -> str | None:
+    """The job's region: the environment's, else its ARN's in ``processingjobconfig.json``."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        return region
+    try:
+        config = json.loads((JobLayout.current().config_dir / "processingjobconfig.json").read_text())
+        return str(config["ProcessingJobArn"]).split(":")[3] or None
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
 def _fetch(name: str, kind: str, reference: str) -> str:
     """A parameter of SSM (decrypted) or a secret of Secrets Manager, read with the job's role."""
     import boto3
 
+    region = job_region()
     try:
         if kind == "ssm":
-            answer = boto3.client("ssm").get_parameter(Name=reference, WithDecryption=True)
+            answer = boto3.client("ssm", region_name=region).get_parameter(
+                Name=reference, WithDecryption=True
+            )
             return str(answer["Parameter"]["Value"])
-        answer = boto3.client("secretsmanager").get_secret_value(SecretId=reference)
+        answer = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=reference)
         return str(answer.get("SecretString") or answer["SecretBinary"].decode())
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

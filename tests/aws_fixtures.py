@@ -238,11 +238,13 @@ def subprocess_runner(
         (config / "resourceconfig.json").write_text(
             json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]})
         )
+        platform = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION")
+        platform += ("AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED")
         host = {
             k: os.environ[k]
-            for k in ("PATH", "LANG", "MLFLOW_DISABLE_TELEMETRY", "PYTHONPATH")
+            for k in ("PATH", "LANG", "MLFLOW_DISABLE_TELEMETRY", "PYTHONPATH", *platform)
             if k in os.environ
-        }  # PYTHONPATH: the code under test, not the installed copy
+        }  # PYTHONPATH: the code under test; AWS_*: what the platform gives a job (its role, its region)
         env = {**host, "HOME": str(root), **request.get("Environment", {}), "BATCAT_ML_ROOT": str(root)}
         process = subprocess.Popen(
             [sys.executable, "-m", "batcat_nb.worker"],

@@ -125,32 +125,27 @@ def test_file_uris_round_trip(tmp_path):
     assert contract.local_path(contract.file_uri(folder)) == folder
 
 
-def test_job_config_is_the_request_plus_the_arn(monkeypatch):
+def test_job_config_names_the_job_with_the_arn_of_its_account_and_region(monkeypatch):
+    def request(role: str = "arn:aws:iam::123456789012:role/r") -> dict:
+        built = contract.build_request(
+            SimpleNamespace(job_name="Job-1"), image="i", inputs={}, outputs={}, environment={}, role_arn=role
+        )
+        return {**built, "Tags": [{"Key": "k", "Value": "v"}]}
+
     monkeypatch.delenv("AWS_REGION", raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    kept = {
-        "AppSpecification": {"ImageUri": "i"},
-        "Environment": {"A": "1"},
-        "NetworkConfig": {"EnableNetworkIsolation": False},
-        "ProcessingInputs": [{"InputName": "data"}],
-        "ProcessingOutputConfig": {"Outputs": []},
-        "ProcessingResources": {"ClusterConfig": {"InstanceCount": 1}},
-        "RoleArn": "arn:aws:iam::123456789012:role/r",
-        "StoppingCondition": {"MaxRuntimeInSeconds": 60},
-    }
-    config = contract.job_config({"ProcessingJobName": "Job-1", "Tags": [{"Key": "k"}], **kept})
-    assert config == {
-        "ProcessingJobArn": "arn:aws:sagemaker:eu-west-1:123456789012:processing-job/job-1",
-        "ProcessingJobName": "Job-1",
-        **kept,
-    }  # Tags are not part of the job's config
+    config = contract.job_config(request())
+    assert config["ProcessingJobArn"] == "arn:aws:sagemaker:eu-west-1:123456789012:processing-job/job-1"
+    assert (
+        config["ProcessingJobName"] == "Job-1" and "Tags" not in config
+    )  # every field: test_docker_container
     monkeypatch.setenv("AWS_REGION", "us-west-2")
-    arn = contract.job_config({"ProcessingJobName": "j"})["ProcessingJobArn"]
-    assert arn == "arn:aws:sagemaker:us-west-2:000000000000:processing-job/j"
+    assert contract.job_config(request())["ProcessingJobArn"].startswith(
+        "arn:aws:sagemaker:us-west-2:123456789012:"
+    )
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.delenv("AWS_DEFAULT_REGION")
-    arn = contract.job_config({"ProcessingJobName": "j"})["ProcessingJobArn"]
-    assert arn == "arn:aws:sagemaker:us-east-1:000000000000:processing-job/j"
+    assert contract.job_config(request())["ProcessingJobArn"].startswith("arn:aws:sagemaker:us-east-1:")
 
 
 def test_build_request_names_every_channel_at_its_container_path():
@@ -169,7 +164,7 @@ def test_build_request_names_every_channel_at_its_container_path():
     assert default["ProcessingResources"]["ClusterConfig"]["VolumeSizeInGB"] == 30
     assert request["ProcessingResources"]["ClusterConfig"] == {
         "InstanceCount": 2,
-        "InstanceType": "local",
+        "InstanceType": "ml.m5.large",  # what SageMaker knows, not "local"
         "VolumeSizeInGB": 50,
     }
     assert request["ProcessingInputs"][0]["S3Input"]["LocalPath"] == "/opt/ml/processing/input/data"
@@ -384,7 +379,9 @@ def test_files_that_are_not_notebooks_are_named(tmp_path, content, problem):
 def test_missing_notebooks_and_directories_are_named(tmp_path):
     with pytest.raises(NotebookError, match="^notebook not found: .*nope.ipynb \\(check the path"):
         load_notebook(tmp_path / "nope.ipynb")
-    with pytest.raises(NotebookError, match="is a directory: name the .ipynb file inside it"):
+    with pytest.raises(
+        NotebookError, match=r"is a directory: name the notebook \(.ipynb, .py, .md\) inside it"
+    ):
         load_notebook(tmp_path)
 
 

@@ -331,3 +331,19 @@ def test_unreadable_ssm_parameter_fails_the_job_naming_it(
 
     assert result.status == "FAILED"
     assert "secret 'api_token': cannot read ssm:/does/not/exist with the job's role" in result.reason
+
+
+def test_a_job_without_a_region_in_its_environment_reads_its_secrets_in_its_own_region(tmp_path, monkeypatch):
+    from batcat_nb.layout import ML_ROOT_ENV
+    from batcat_nb.secrets import job_region
+
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.setenv(ML_ROOT_ENV, str(tmp_path))
+    assert job_region() is None  # no config: boto3's own resolution decides
+    (tmp_path / "config").mkdir()
+    arn = "arn:aws:sagemaker:eu-west-3:123456789012:processing-job/j"
+    (tmp_path / "config" / "processingjobconfig.json").write_text(json.dumps({"ProcessingJobArn": arn}))
+    assert job_region() == "eu-west-3"
+    monkeypatch.setenv("AWS_REGION", "ap-south-1")
+    assert job_region() == "ap-south-1"

@@ -30,9 +30,11 @@ def test_request_is_valid_for_the_sagemaker_service_model():
     role = "arn:aws:iam::123456789012:role/SageMakerRole"
     request = make_request(max_runtime=3600, instance_type="ml.m5.large", role_arn=role)
     validate_request("sagemaker", "CreateProcessingJob", request)
-    # the local default is no instance type SageMaker knows: the validator must see that
+    # no instance type SageMaker knows (botocore's own validator lets it through): refused
     with pytest.raises(UsageError, match="InstanceType='local'"):
-        validate_request("sagemaker", "CreateProcessingJob", make_request(role_arn=role))
+        validate_request(
+            "sagemaker", "CreateProcessingJob", make_request(instance_type="local", role_arn=role)
+        )
 
 
 def test_request_follows_the_container_contract():

@@ -185,9 +185,14 @@ def test_stop_from_another_terminal_also_ends_killed(project, options, experimen
 
 
 def test_a_tracking_server_reaches_the_job_through_the_request_it_is_created_with(
-    project, options, experiment, fake_sagemaker, mlflow_server
+    project, options, experiment, fake_sagemaker, mlflow_server, monkeypatch
 ):
-    """The job logs to the run itself: its CreateProcessingJob request names the server and the run."""
+    """The job logs to the run itself: its CreateProcessingJob request names the server and the run.
+
+    A job on AWS can never reach this machine's loopback, and this machine may reach nothing else:
+    the server on 127.0.0.1 stands in for one the job could route to (the one topology seam).
+    """
+    monkeypatch.setattr(sm, "on_loopback", lambda uri: False)
     fake_sagemaker.runner = None  # the job stays InProgress: only its request matters here
     notebook = write_notebook(project / "nb.ipynb", "x = 1")
     handle = api.submit(request_for(notebook, options, experiment, tracking_uri=mlflow_server))
