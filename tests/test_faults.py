@@ -225,17 +225,14 @@ def test_a_container_whose_launcher_was_killed_is_found_collected_and_removed_by
 ):
     from docker_fixtures import job_containers
 
-    data = project / "data"
-    data.mkdir()
     nb = write_notebook(
         project / "nb.ipynb",
-        "data_dir = 'data'",
+        None,
         "import pathlib, time, mlflow\nprint('first cell ran')\nmlflow.log_metric('early', 1)",
-        WAITS.replace("pathlib.Path('go')", "(pathlib.Path(data_dir) / 'go')"),
+        WAITS.replace("pathlib.Path('go')", "pathlib.Path('/tmp/go')"),  # inputs are copied in at start
     )
     launcher = subprocess.Popen(
-        [BATCAT, "run", str(nb), "-e", experiment, "-b", "docker", "--image", runner.image.tag,
-         "--input", f"data={data}"],
+        [BATCAT, "run", str(nb), "-e", experiment, "-b", "docker", "--image", runner.image.tag],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=project,
     )  # fmt: skip
     _wait_for(lambda: any("early" in r.data.metrics for r in runs_of(experiment)))
@@ -247,7 +244,7 @@ def test_a_container_whose_launcher_was_killed_is_found_collected_and_removed_by
     assert container.labels["io.batcat.tracking"] == tracking_uri
     assert run_batcat("runs", "reconcile", "--tracking-uri", tracking_uri).returncode == 0
     assert _run(runs_of, experiment).info.status == "RUNNING"  # its container still runs it
-    (data / "go").touch()
+    assert container.exec_run(["touch", "/tmp/go"]).exit_code == 0
     _wait_for(lambda: (container.reload(), container.status)[1] == "exited")
     done = run_batcat("runs", "reconcile", "--tracking-uri", tracking_uri)
     assert done.returncode == 0 and f"{run.info.run_id} FINISHED" in done.stdout, done.stderr

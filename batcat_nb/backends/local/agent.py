@@ -77,8 +77,7 @@ def call(op: str, **payload: Any) -> dict[str, Any]:
     """One request to this environment's agent, started if it is not running."""
     path = socket_path()
     if path not in _answering:  # once per process: a socket that never answers must not hang us
-        with _connect(path) or _start(path) as connection:
-            _request(connection, {"op": "ping"}, guard.timeout(), path)
+        _ping(path)
         _answering.add(path)
     for _ in range(2 if op in _SAFE_TO_REPEAT or payload.get("method") in _REMOTE_READS else 1):
         try:
@@ -99,6 +98,19 @@ def call(op: str, **payload: Any) -> dict[str, Any]:
 
 
 _answering: set[Path] = set()  # agents that answered a ping from this process
+
+
+def _ping(path: Path) -> None:
+    """Ask the agent at ``path`` (started if need be) to answer within the timeout; a ping
+    that meets an agent handing over is repeated once, with the agent that follows it."""
+    for attempt in range(2):
+        try:
+            with _connect(path) or _start(path) as connection:
+                _request(connection, {"op": "ping"}, guard.timeout(), path)
+            return
+        except OSError:
+            if attempt:
+                raise
 
 
 def _connect(path: Path) -> socket.socket | None:
