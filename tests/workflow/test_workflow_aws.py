@@ -644,9 +644,11 @@ def test_a_job_whose_tracking_server_is_down_still_runs_and_sync_records_it(
     code, out, err = batcat_workflow(capsys, "trigger", "sales", "--wait")
     assert code == 0, out + err
     assert "could not create an MLflow run (batcat workflow sync will)" in out
+    execution = out.splitlines()[0].split()[1]
     code, out, err = batcat_workflow(capsys, "sync", "sales")
     assert code == 0 and "3 step run(s) completed" in out, out + err
-    assert {r.info.status for r in runs_of("sales")} == {"FINISHED"}
+    ours = [r for r in runs_of("sales") if r.data.tags.get("batcat.workflow.execution") == execution]
+    assert len(ours) == 4 and {r.info.status for r in ours} == {"FINISHED"}  # the parent and 3 steps
 
 
 @pytest.mark.parametrize(
@@ -663,10 +665,11 @@ def test_a_job_whose_tracking_server_is_down_still_runs_and_sync_records_it(
 def test_a_job_tracking_uri_jobs_cannot_use_is_refused(
     capsys: pytest.CaptureFixture[str], pipeline: Path, aws_options: dict[str, Any], uri: str, message: str
 ) -> None:
+    before = sfn_client().list_state_machines()["stateMachines"]
     code, _, err = batcat_workflow(capsys, "deploy", str(pipeline), "--job-tracking-uri", uri)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert "secret" not in err
-    assert sfn_client().list_state_machines()["stateMachines"] == []
+    assert sfn_client().list_state_machines()["stateMachines"] == before  # refused before any write
 
 
 @pytest.mark.parametrize(
