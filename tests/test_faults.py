@@ -240,6 +240,16 @@ def test_a_container_whose_launcher_was_killed_is_found_collected_and_removed_by
     launcher.wait()
     run = _run(runs_of, experiment)
     [container] = [c for c in job_containers(engine) if c.labels.get("io.batcat.run_id") == run.info.run_id]
+    try:
+        _reconcile_the_orphan(container, run, runs_of, experiment, mlflow_client, engine, tracking_uri)
+    finally:  # a failure above must not leave the waiting container behind for later tests
+        if container.id in {c.id for c in job_containers(engine)}:
+            container.remove(force=True)
+
+
+def _reconcile_the_orphan(container, run, runs_of, experiment, mlflow_client, engine, tracking_uri):
+    from docker_fixtures import job_containers
+
     output = Path(container.labels["io.batcat.output"])
     assert container.labels["io.batcat.tracking"] == tracking_uri
     assert run_batcat("runs", "reconcile", "--tracking-uri", tracking_uri).returncode == 0
