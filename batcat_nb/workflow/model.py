@@ -72,12 +72,3 @@ class Workflow:
             levels.append(level)
             done.update(level)
         return levels
-
-    def dependents(self, step: str) -> set[str]:
-        """Every step that needs ``step``, directly or through others."""
-        found: set[str] = set()
-        frontier = {step}
-        while frontier:
-            frontier = {n for n, s in self.steps.items() if set(s.needs) & frontier} - found
-            found |= frontier
-        return found

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EXECUTION = "@@EXECUTION@@"  # stands for $$.Execution.Name in URIs until the definition is built
-JOB_NAME = "@@JOB@@"  # stands for the job's name (per execution and attempt)
 HASH_LENGTH = 32  # MD5 in hex
 NAME_MAX = 63
 INFRASTRUCTURE_FAILURES = ("InternalServerError*", "CapacityError*")
@@ -44,7 +43,7 @@ THROTTLING = [
 
 @dataclass
 class StepPlan:
-    """One step as the state machine runs it: templates holding ``EXECUTION`` and ``JOB_NAME``."""
+    """One step as the state machine runs it: templates holding ``EXECUTION``."""
 
     name: str
     job_prefix: str  # start of its jobs' names: <workflow>-<step>, shortened
