@@ -17,6 +17,7 @@ from typing import Any
 
 from . import lease
 from .backends import registry
+from .errors import BackendError
 from .manifest import FAILED, RUNNING, Manifest
 from .tracking import TAG_BACKEND, TAG_JOB_NAME, TAG_OUTPUT, Tracker
 
@@ -45,13 +46,13 @@ def reconcile_store(tracker: Tracker) -> list[tuple[str, str]]:
 def reconcile_run(tracker: Tracker, run: Any) -> str | None:
     """Complete ``run`` if its job has ended and nobody else will; its new status, or None."""
     tags = run.data.tags
-    output, backend_name = tags.get(TAG_OUTPUT), tags.get(TAG_BACKEND, "")
-    if not output or backend_name not in ("local", "docker"):
-        return None
+    output = tags.get(TAG_OUTPUT)
+    backend = _backend(tags.get(TAG_BACKEND, ""))
+    if not output or not getattr(backend, "leased", False):
+        return None  # its job is tracked elsewhere (SageMaker: `batcat download`)
     with lease.abandoned(output) as ended:
         if not ended:
             return None
-        backend = registry.get(backend_name)
         collect = getattr(backend, "collect_orphan", None)  # e.g. a container that outlived us
         if collect is not None and not collect(output):
             return None  # still running: its lease goes back for the next look
@@ -61,6 +62,14 @@ def reconcile_run(tracker: Tracker, run: Any) -> str | None:
         log.info("completed run %s (%s) from %s: %s", run.info.run_id, tags.get(TAG_JOB_NAME), output,
                  manifest.status)  # fmt: skip
         return manifest.status
+
+
+def _backend(name: str) -> Any:
+    """The backend a run was tagged with, or None for one this environment does not know."""
+    try:
+        return registry.get(name)
+    except BackendError:
+        return None
 
 
 def _manifest(output: Path, job_name: str) -> Manifest:

@@ -264,3 +264,22 @@ def _reconcile_the_orphan(container, run, runs_of, experiment, mlflow_client, en
     assert {"nb.ipynb", "batcat-manifest.json"} <= _artifacts(mlflow_client, run.info.run_id)
     assert container.id not in {c.id for c in job_containers(engine)}  # removed
     assert not Path(container.labels["io.batcat.stage"]).exists()
+
+
+@pytest.mark.parametrize("backend", ["sagemaker", "some-backend-not-installed-here"])
+def test_reconcile_leaves_runs_of_backends_that_hold_no_lease_here(tmp_path, backend):
+    """Only a backend that declares ``leased`` has its runs completed from a lease; a SageMaker job
+    is completed by `batcat download`, and a backend this environment lacks is not guessed at."""
+    from batcat_nb import lease
+    from batcat_nb.reconcile import reconcile_store
+    from batcat_nb.tracking import TAG_BACKEND, TAG_OUTPUT, Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    output = tmp_path / "out"
+    output.mkdir()
+    lease.lease_path(output).touch()  # abandoned: nobody holds it
+    run_id, _ = tracker.start_run(
+        experiment="e", run_name="r", params={}, tags={TAG_BACKEND: backend, TAG_OUTPUT: str(output)}
+    )
+    assert reconcile_store(tracker) == []
+    assert tracker.client.get_run(run_id).info.status == "RUNNING"

@@ -30,6 +30,9 @@ class Backend(Protocol):
     Optional hooks, which the core looks up by name and never by the backend's class:
 
     - ``detachable = True``: its jobs outlive the process that submitted them (``batcat submit``);
+    - ``leased = True``: its jobs hold a lease beside their output on this machine, so that
+      ``batcat runs reconcile`` completes a run whose launcher died; ``collect_orphan(output)``
+      then first gathers what such a job left (False while it still runs);
     - ``tracker(uri) -> Tracker``: its own way to reach the MLflow store (the local agent);
     - ``concurrent(size, log_path)``: a context manager that readies ``size`` jobs at once
       (warm local workers for a sweep).

@@ -131,6 +131,7 @@ class DockerBackend:
     """Runs each job in a fresh container of the runner image, through the local Docker engine."""
 
     name = "docker"
+    leased = True  # as a local job; collect_orphan gathers a container whose launcher died
 
     def __init__(self) -> None:
         self._client: Any = None

@@ -37,6 +37,7 @@ class LocalBackend:
     """Runs the worker as a subprocess on this machine, in a fresh kernel."""
 
     name = "local"
+    leased = True  # a job's lease sits beside its output: reconcile completes a dead launcher's run
 
     def __init__(self) -> None:
         self._pool: WorkerPool | None = None
