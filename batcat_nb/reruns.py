@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import api, replay
+from .backends import registry
 from .errors import UsageError
 from .notebook import Notebook, read_notebook_bytes
 from .result import RunResult
@@ -32,8 +33,6 @@ from .spec import RunRequest
 from .storage import download_versions, is_s3
 from .tracking import (
     TAG_BACKEND,
-    TAG_IMAGE,
-    TAG_IMAGE_DIGEST,
     TAG_KERNEL,
     TAG_NOTEBOOK_PATH,
     TAG_NOTEBOOK_SHA,
@@ -289,8 +288,8 @@ def _backend_options(request_record: dict[str, Any], tags: dict[str, str], backe
     if backend != request_record["backend"]:
         return {}
     options = dict(request_record["backend_options"])
-    if backend == "docker" and tags.get(TAG_IMAGE_DIGEST):
-        options["image"] = tags[TAG_IMAGE_DIGEST]
-    elif backend == "sagemaker" and tags.get(TAG_IMAGE):
-        options["image"] = tags[TAG_IMAGE]
+    recorded_image = getattr(registry.get(backend), "recorded_image", None)  # the backend's hook
+    image = recorded_image(tags) if recorded_image is not None else None
+    if image:
+        options["image"] = image
     return options

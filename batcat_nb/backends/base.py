@@ -30,6 +30,7 @@ class Backend(Protocol):
     Optional hooks, which the core looks up by name and never by the backend's class:
 
     - ``detachable = True``: its jobs outlive the process that submitted them (``batcat submit``);
+    - ``recorded_image(tags)``: the image a run ran in, from its tags, for ``batcat rerun``;
     - ``leased = True``: its jobs hold a lease beside their output on this machine, so that
       ``batcat runs reconcile`` completes a run whose launcher died; ``collect_orphan(output)``
       then first gathers what such a job left (False while it still runs);

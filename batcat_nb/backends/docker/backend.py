@@ -162,6 +162,11 @@ class DockerBackend:
     def submit(self, spec: JobSpec) -> DockerHandle:
         return DockerHandle(spec, docker_config(spec.backend_options), self.client())
 
+    @staticmethod
+    def recorded_image(tags: dict[str, str]) -> str | None:
+        """The image a run ran in, by digest: what ``batcat rerun`` runs it in again."""
+        return tags.get(TAG_IMAGE_DIGEST)
+
     def collect_orphan(self, output_dir: str) -> bool:
         """For ``batcat runs reconcile``: False while the job's container runs; else its outputs
         are collected into ``output_dir`` and the container removed."""

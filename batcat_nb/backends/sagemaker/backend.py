@@ -109,6 +109,11 @@ class SageMakerBackend:
         """Credentials, region, role, bucket, image, request: all before anything is uploaded."""
         self._resolve(spec)
 
+    @staticmethod
+    def recorded_image(tags: dict[str, str]) -> str | None:
+        """The image URI a run's job ran in: what ``batcat rerun`` runs it in again."""
+        return tags.get(TAG_IMAGE)
+
     def submit(self, spec: JobSpec) -> SageMakerHandle:
         resolved = self._resolved.pop(spec.job_name, None) or self._resolve(spec)
         return SageMakerHandle(spec, resolved)
