@@ -173,9 +173,14 @@ def test_deploy_trigger_runs_every_step_and_sync_fills_mlflow(
     interpreter: None,
     bucket: str,
     runs_of: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    out = deploy(capsys, pipeline)
+    code, out, err = batcat_workflow(capsys, "deploy", str(pipeline))
+    assert code == 0, err
     assert "created state machine batcat-sales" in out
+    # the store is a sqlite file no job reaches: said once for the workflow, not once per step
+    warnings = [m for m in caplog.messages if "cannot reach this tracking store" in m]
+    assert len(warnings) == 1 and "batcat workflow sync NAME" in warnings[0], warnings
     code, out, err = batcat_workflow(capsys, "trigger", "sales", "-p", "min_units", "3", "--wait")
     assert code == 0, out + err
     execution = out.splitlines()[0].split()[1]

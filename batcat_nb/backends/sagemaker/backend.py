@@ -108,6 +108,12 @@ class SageMakerBackend:
     def validate(self, spec: JobSpec) -> None:
         """Credentials, region, role, bucket, image, request: all before anything is uploaded."""
         self._resolve(spec)
+        if not _tracking_reachable(spec.tracking_uri):
+            log.warning(
+                "a job on SageMaker cannot reach this tracking store (a sqlite: file or a server on "
+                "this machine's loopback): it gets no MLFLOW_* variables, and its run will be "
+                "completed from the job's manifest when batcat fetches its outputs"
+            )
 
     @staticmethod
     def recorded_image(tags: dict[str, str]) -> str | None:
@@ -156,12 +162,6 @@ class SageMakerBackend:
             if is_s3(destination):
                 split_s3(destination)
         check_request(_request(spec, resolved, _draft_tracking_env(spec)))
-        if not _tracking_reachable(spec.tracking_uri):
-            log.warning(
-                "a job on SageMaker cannot reach this tracking store (a sqlite: file or a server on "
-                "this machine's loopback): it gets no MLFLOW_* variables, and its run will be "
-                "completed from the job's manifest when batcat fetches its outputs"
-            )
         check_bucket(bucket, region)
         if config.check_image:
             check_image(resolved.image, region)

@@ -17,6 +17,7 @@ import ast
 import dataclasses
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ from ...redact import without_credentials
 from ...storage import is_s3, split_s3
 from . import stepfunctions as sfn
 from .backend import SageMakerConfig, checked_s3_prefix
+
+log = logging.getLogger("batcat_nb")
 
 if TYPE_CHECKING:
     from ...workflow.model import Step, Workflow
@@ -262,7 +265,14 @@ def job_tracking_uri(given: str | None) -> str | None:
     from ...tracking import default_tracking_uri
 
     configured = resolve(CoreConfig, "").tracking_uri or default_tracking_uri()
-    return configured if _tracking_reachable(configured) else None
+    if _tracking_reachable(configured):
+        return configured
+    log.warning(
+        "the steps' jobs cannot reach this tracking store (a sqlite: file or a server on this "
+        "machine's loopback): `batcat workflow sync NAME` records their runs here, or deploy "
+        "with --job-tracking-uri URI of a server they can reach"
+    )
+    return None
 
 
 def _request(spec: Any, resolved: Any, env: dict[str, str]) -> dict[str, Any]:

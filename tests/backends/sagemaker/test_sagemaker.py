@@ -242,8 +242,10 @@ def test_max_runtime_defaults_to_a_day_or_the_timeout_plus_ten_minutes(project, 
 def test_a_store_the_cloud_job_cannot_reach_is_never_handed_to_it(project, options, bucket, uri, caplog):
     notebook = write_notebook(project / "nb.ipynb", "x = 1")
     spec = api.resolve_spec(request_for(notebook, {**options, "check_image": False}, "e", tracking_uri=uri))
+    backend = sm.SageMakerBackend()
     with caplog.at_level("WARNING", logger="batcat_nb"):
-        resolved = sm.SageMakerBackend()._resolve(spec)
+        backend.validate(spec)
+    resolved = backend._resolved[spec.job_name]
     assert not sm._tracking_reachable(uri)
     assert not any(key.startswith("MLFLOW_") for key in sm._request(spec, resolved, {})["Environment"])
     assert "will be completed from the job's manifest" in caplog.text
