@@ -29,7 +29,7 @@ from ...manifest import FAILED, KILLED, RUNNING
 from ...redact import without_credentials
 from ...spec import JobSpec
 from ...storage import download, is_s3, split_s3, upload
-from ...tracking import TAG_IMAGE
+from ...tracking import TAG_IMAGE, TAG_IMAGE_DIGEST
 from ..base import JobHandle
 from . import aws
 from .jobs import (
@@ -40,7 +40,7 @@ from .jobs import (
     describe_job,
     stop_job,
 )
-from .registry import check_image
+from .registry import check_image, pinned
 
 log = logging.getLogger("batcat_nb")
 
@@ -89,6 +89,7 @@ class _Resolved:
     image: str
     env: dict[str, str]
     include: list[Path]
+    image_digest: str | None = None  # sha256:... as the registry answered, when it was asked
 
     def job_uri(self, job_name: str, *parts: str) -> str:
         key = "/".join(filter(None, [self.prefix, job_name, *parts]))
@@ -117,8 +118,10 @@ class SageMakerBackend:
 
     @staticmethod
     def recorded_image(tags: dict[str, str]) -> str | None:
-        """The image URI a run's job ran in: what ``batcat rerun`` runs it in again."""
-        return tags.get(TAG_IMAGE)
+        """The image a run's job ran in, by digest when its registry gave one (a tag can move):
+        what ``batcat rerun`` runs it in again."""
+        image, digest = tags.get(TAG_IMAGE), tags.get(TAG_IMAGE_DIGEST)
+        return pinned(image, digest) if image and digest else image
 
     def submit(self, spec: JobSpec) -> SageMakerHandle:
         resolved = self._resolved.pop(spec.job_name, None) or self._resolve(spec)
@@ -164,7 +167,7 @@ class SageMakerBackend:
         check_request(_request(spec, resolved, _draft_tracking_env(spec)))
         check_bucket(bucket, region)
         if config.check_image:
-            check_image(resolved.image, region)
+            resolved.image_digest = check_image(resolved.image, region)
         if config.instance_count > 1:
             log.warning(
                 "%d instances each run the whole notebook; their outputs share one S3 prefix",
@@ -366,6 +369,7 @@ class SageMakerHandle(JobHandle):
                 TAG_JOB_ARN: self.job_arn or "",
                 TAG_REGION: self.region,
                 TAG_IMAGE: self.resolved.image,
+                **({TAG_IMAGE_DIGEST: self.resolved.image_digest} if self.resolved.image_digest else {}),
                 TAG_CONSOLE: console_url(self.region, self.job_name),
             }
         )

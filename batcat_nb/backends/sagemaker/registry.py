@@ -27,34 +27,45 @@ IMAGE_REF = re.compile(
 )
 
 
-_checked_images: set[tuple[str, str]] = set()
+_checked_images: dict[tuple[str, str], str | None] = {}
 
 
-def check_image(image: str, region: str) -> None:
-    """The image is in its registry (asked once per process): ECR through its API, else over HTTP."""
+def check_image(image: str, region: str) -> str | None:
+    """The image is in its registry (asked once per process): ECR through its API, else over HTTP.
+    Returns its digest (``sha256:...``) when the registry says it."""
     if (image, region) in _checked_images:
-        return
+        return _checked_images[image, region]
     ecr = ECR_IMAGE.fullmatch(image)
     ref = IMAGE_REF.fullmatch(image)
     if ecr:
-        _check_ecr_image(image, ecr, region)
+        digest = _check_ecr_image(image, ecr, region)
     elif ref:
-        _check_registry_image(image, ref)
+        digest = _check_registry_image(image, ref)
     else:
         raise UsageError(
             f"image {image!r} names no registry; SageMaker pulls from ECR: push it with "
             "`batcat build --push` and pass the URI it prints as --image"
         )
-    _checked_images.add((image, region))
+    _checked_images[image, region] = digest
+    return digest
 
 
-def _check_ecr_image(image: str, match: re.Match[str], region: str) -> None:
+def pinned(image: str, digest: str) -> str:
+    """``image`` (``host/repo:tag``, ``host/repo@sha256:...``) named by ``digest``: ``host/repo@digest``."""
+    repository = image.split("@", 1)[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return f"{repository}@{digest}"
+
+
+def _check_ecr_image(image: str, match: re.Match[str], region: str) -> str | None:
     image_id = {"imageDigest": match["digest"]} if match["digest"] else {"imageTag": match["tag"] or "latest"}
     ecr = aws.client("ecr", match["region"] or region)
     try:
-        ecr.describe_images(
+        found = ecr.describe_images(
             registryId=match["registry"], repositoryName=match["repository"], imageIds=[image_id]
         )
+        return next((d.get("imageDigest") for d in found.get("imageDetails", [])), None)
     except Exception as exc:
         code = aws.error_code(exc)
         if code in ("RepositoryNotFoundException", "ImageNotFoundException"):
@@ -66,7 +77,7 @@ def _check_ecr_image(image: str, match: re.Match[str], region: str) -> None:
         raise aws.translate(exc, f"looking up image {image}") from None
 
 
-def _check_registry_image(image: str, match: re.Match[str]) -> None:
+def _check_registry_image(image: str, match: re.Match[str]) -> str | None:
     import urllib.error
     import urllib.request
 
@@ -79,8 +90,8 @@ def _check_registry_image(image: str, match: re.Match[str]) -> None:
         headers={"Accept": ", ".join(_MANIFEST_TYPES)},
     )
     try:
-        with urllib.request.urlopen(request, timeout=10):
-            return
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.headers.get("Docker-Content-Digest") or match["digest"]
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             raise UsageError(
@@ -88,6 +99,7 @@ def _check_registry_image(image: str, match: re.Match[str]) -> None:
                 "or pass an existing --image URI"
             ) from None
         log.debug("registry check of %s: HTTP %s; not checked", image, exc.code)  # e.g. 401
+        return None
     except (urllib.error.URLError, OSError) as exc:
         raise UsageError(f"the registry of image {image} does not answer ({exc})") from None
 

@@ -109,6 +109,10 @@ def test_notebook_runs_as_a_processing_job_and_completes_its_mlflow_run(
     assert tags[sm.TAG_JOB_ARN].endswith(f":processing-job/{job}")
     assert tags[sm.TAG_REGION] == REGION
     assert tags[TAG_IMAGE] == RUNNER_URI
+    import boto3
+
+    [ecr_image] = boto3.client("ecr").describe_images(repositoryName="batcat-runner")["imageDetails"]
+    assert tags["batcat.image.digest"] == ecr_image["imageDigest"]  # ECR's answer, for reruns
     assert f"#/processing-jobs/{job}" in tags[sm.TAG_CONSOLE]
     artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
     assert {"train.ipynb", "train.html", "batcat-manifest.json", "batcat-job.log"} <= artifacts
@@ -641,3 +645,20 @@ def test_default_ecr_repository_is_the_accounts(aws_env):
     uri = image_registry.ecr_repository_uri("batcat-runner")
     assert uri == "123456789012.dkr.ecr.us-east-1.amazonaws.com/batcat-runner"
     assert image_registry.ECR_IMAGE.fullmatch(uri + ":tag")
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/batcat-runner:v1",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/team/batcat-runner",
+        "127.0.0.1:5000/batcat-runner@sha256:" + "0" * 64,
+        "127.0.0.1:5000/batcat-runner:v1@sha256:" + "0" * 64,
+    ],
+)
+def test_a_rerun_names_the_recorded_image_by_its_digest(image):
+    digest = "sha256:" + "a" * 64
+    repository = image.split("@")[0].removesuffix(":v1")
+    tags = {"batcat.image": image, "batcat.image.digest": digest}
+    assert sm.SageMakerBackend.recorded_image(tags) == f"{repository}@{digest}"
+    assert sm.SageMakerBackend.recorded_image({"batcat.image": image}) == image  # never asked: as given

@@ -17,11 +17,12 @@ import pytest
 from aws_fixtures import ROLE, RUNNER_URI, docker_runner, s3_keys
 from conftest import EXAMPLES, write_notebook
 
+import batcat_nb
 from batcat_nb import api
 from batcat_nb.backends.sagemaker import jobs as sagemaker_jobs
 from batcat_nb.backends.sagemaker import registry as image_registry
 from batcat_nb.spec import RunRequest
-from batcat_nb.tracking import TAG_IMAGE
+from batcat_nb.tracking import TAG_IMAGE, TAG_IMAGE_DIGEST
 
 pytestmark = pytest.mark.docker
 
@@ -118,6 +119,16 @@ def test_train_example_runs_in_the_runner_image_and_its_run_completes_from_the_m
     assert run.info.status == "FINISHED"
     assert {"test.rmse", "test.r2"} <= set(run.data.metrics)  # completed from the job's manifest
     assert run.data.tags[TAG_IMAGE] == pushed.uri
+    assert run.data.tags[TAG_IMAGE_DIGEST] == pushed.digest  # as the registry answered
+
+    # a rerun runs that digest, not whatever the tag names by then
+    again = batcat_nb.rerun(result.run_id, tracking_uri=mlflow_server, progress=False)
+    assert again.result.status == "FINISHED", again.result.reason
+    repository = pushed.uri.rsplit(":", 1)[0]
+    assert (
+        fake_sagemaker.requests[again.result.job_name]["AppSpecification"]["ImageUri"]
+        == f"{repository}@{pushed.digest}"
+    )
 
 
 def test_sales_example_reads_its_input_and_writes_its_output_through_s3(
