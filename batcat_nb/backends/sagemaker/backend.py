@@ -30,7 +30,7 @@ from ...redact import without_credentials
 from ...spec import JobSpec
 from ...storage import download, is_s3, split_s3, upload
 from ...tracking import TAG_IMAGE
-from ..base import JobHandle
+from ..base import JobHandle, RerunImage
 from . import aws
 from .jobs import (
     STATUS,
@@ -110,9 +110,15 @@ class SageMakerBackend:
         self._resolve(spec)
 
     @staticmethod
-    def recorded_image(tags: dict[str, str]) -> str | None:
+    def rerun_image(request: RerunImage) -> tuple[dict[str, Any], dict[str, str]]:
         """The image URI a run's job ran in: what ``batcat rerun`` runs it in again."""
-        return tags.get(TAG_IMAGE)
+        if request.environment is not None:
+            raise UsageError(
+                "SageMaker runs a pushed image: build one from the environment with --backend docker, "
+                "or push one (`batcat build --push`) and pass --image URI"
+            )
+        image = request.tags.get(TAG_IMAGE)
+        return ({**request.options, "image": image} if image else request.options), {}
 
     def submit(self, spec: JobSpec) -> SageMakerHandle:
         resolved = self._resolved.pop(spec.job_name, None) or self._resolve(spec)
