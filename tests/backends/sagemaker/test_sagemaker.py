@@ -639,3 +639,15 @@ def test_default_ecr_repository_is_the_accounts(aws_env):
     uri = image_registry.ecr_repository_uri("batcat-runner")
     assert uri == "123456789012.dkr.ecr.us-east-1.amazonaws.com/batcat-runner"
     assert image_registry.ECR_IMAGE.fullmatch(uri + ":tag")
+
+
+def test_a_rerun_runs_in_the_recorded_image_uri_and_cannot_build_from_an_environment(tmp_path):
+    from batcat_nb.backends.base import RerunImage
+    from batcat_nb.environment import Recorded
+
+    recorded = RerunImage("r1", {TAG_IMAGE: RUNNER_URI}, {"role": ROLE, "image": "other:1"}, None, tmp_path)
+    assert sm.SageMakerBackend.rerun_image(recorded) == ({"role": ROLE, "image": RUNNER_URI}, {})
+
+    recorded.environment = Recorded("3.11", {"tabulate": "0.8.10"}, [])
+    with pytest.raises(UsageError, match="SageMaker runs a pushed image"):
+        sm.SageMakerBackend.rerun_image(recorded)
