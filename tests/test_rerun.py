@@ -215,7 +215,9 @@ def test_rerun_from_a_hostile_environment_refuses_it_before_anything_runs(
     first = batcat_nb.run(str(notebook), experiment=experiment, progress=False)
     assert first.ok, first.reason
     hostile = tmp_path / "environment.txt"  # a shared store: anyone with write access wrote this
-    hostile.write_text("# python 3.11.2 (CPython, linux)\ntabulate==0.8.10\n--index-url http://127.0.0.1:9/\n")
+    hostile.write_text(
+        "# python 3.11.2 (CPython, linux)\ntabulate==0.8.10\n--index-url http://127.0.0.1:9/\n"
+    )
     mlflow_client.log_artifact(first.run_id, str(hostile))
 
     again = run_batcat("rerun", first.run_id, "--backend", "docker", "--from-environment")
@@ -234,8 +236,10 @@ def test_rerun_from_environment_needs_a_backend_that_builds_images(project, expe
 
     on_local = run_batcat("rerun", first.run_id, "--from-environment")
     both = run_batcat("rerun", first.run_id, "-b", "docker", "--from-environment", "--image", "x:1")
+    base_alone = run_batcat("rerun", first.run_id, "-b", "docker", "--base-image", "x:1")
 
-    assert on_local.returncode == 2 and both.returncode == 2, on_local.stderr + both.stderr
+    assert {on_local.returncode, both.returncode, base_alone.returncode} == {2}, on_local.stderr + both.stderr
     assert "the local backend runs in no image to build from environment.txt" in _one_line(on_local.stderr)
     assert "--image and --from-environment contradict each other" in _one_line(both.stderr)
+    assert "--base-image is the base of the image --from-environment builds" in _one_line(base_alone.stderr)
     assert len(runs_of(experiment)) == 1

@@ -6,12 +6,15 @@ import sys
 
 import click
 
+from ..errors import UsageError
 from .exit_codes import EXIT_FAILED, EXIT_INTERRUPTED
 from .options import parameters_option
 
 
-def image_options(image: str | None, base_image: str | None) -> dict[str, str]:
+def image_options(image: str | None, base_image: str | None, from_environment: bool) -> dict[str, str]:
     """``--image`` and ``--base-image`` as the backend options they override."""
+    if base_image and not from_environment:
+        raise UsageError("--base-image is the base of the image --from-environment builds: add that flag")
     return {k: v for k, v in (("image", image), ("base_image", base_image)) if v}
 
 
@@ -33,7 +36,9 @@ def image_options(image: str | None, base_image: str | None) -> dict[str, str]:
     is_flag=True,
     help="Build the image from the run's environment.txt (Docker): its distributions pinned.",
 )
-@click.option("--base-image", default=None, metavar="IMAGE", help="The base of an image built for it.")
+@click.option(
+    "--base-image", default=None, metavar="IMAGE", help="With --from-environment: the base image to build on."
+)
 @click.option("--no-progress", is_flag=True, help="Do not show the cells' progress.")
 def rerun(
     run_id: str,
@@ -55,7 +60,7 @@ def rerun(
         collect(values=values),
         backend=backend,
         tracking_uri=tracking_uri,
-        backend_options=image_options(image, base_image),
+        backend_options=image_options(image, base_image, from_environment),
         from_environment=from_environment,
         retries=retries,
         progress=not no_progress,

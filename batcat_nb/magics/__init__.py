@@ -312,7 +312,7 @@ class BatcatMagics(Magics):
     @argument("--tracking-uri", help="The store holding RUN_ID (default: as %%batcat_run).")
     @argument("--image", help="Run it in this image, not its recorded one.")
     @argument("--from-environment", action="store_true", help="Build the image from its environment.txt.")
-    @argument("--base-image", help="The base of an image built for it.")
+    @argument("--base-image", help="With --from-environment: the base image to build on.")
     def batcat_rerun(self, line: str = "") -> Any:
         """Run a recorded run again, as it was; the summary compares its metrics with the original's."""
         if self._note_in_job("%batcat_rerun"):
@@ -328,7 +328,7 @@ class BatcatMagics(Magics):
             parameters,
             backend=args.backend,
             tracking_uri=args.tracking_uri or self.tracking_uri,
-            backend_options=image_options(args.image, args.base_image),
+            backend_options=image_options(args.image, args.base_image, args.from_environment),
             from_environment=args.from_environment,
             progress=self.progress,
         )

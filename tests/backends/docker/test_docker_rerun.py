@@ -21,7 +21,7 @@ from batcat_nb import environment
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 OLD_TABULATE = "tabulate==0.8.10"  # the index here also has 0.10.0, which `tabulate` resolves to
-RECORD_X = "import batcat_nb, tabulate\nbatcat_nb.record('x', x)"
+RECORD_X = "import batcat_nb\nbatcat_nb.record('x', x)"
 
 
 def test_rerun_on_docker_uses_the_recorded_image_digest(project, experiment, runner, mlflow_client):
@@ -154,6 +154,11 @@ def test_rerun_of_a_removed_image_whose_requirements_changed_names_them_and_crea
     assert f"requirements {requirements} changed" in line
     assert "--image IMAGE" in line and "--from-environment" in line
     assert [run.info.run_id for run in runs_of(experiment)] == [run_id]  # no run created
+
+    elsewhere = run_batcat("rerun", run_id, "--image", runner.image.tag, "--no-progress")
+
+    assert elsewhere.returncode == 0, elsewhere.stdout + elsewhere.stderr
+    assert runs_of(experiment)[0].data.tags["batcat.image.digest"] == runner.image.digest
 
 
 def test_rerun_from_environment_for_another_python_names_it_and_the_fix(
