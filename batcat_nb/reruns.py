@@ -125,15 +125,15 @@ def rerun(
         notebook, notebook_from = _recorded_notebook(tags, artifacts, run_id)
         inputs, changed = _recorded_inputs(request_record, artifacts)
         chosen = backend or request_record["backend"]
-        same = chosen == request_record["backend"]
+        same, overrides = chosen == request_record["backend"], backend_options or {}
         image = RerunImage(
             run_id,
             tags if same else {},
-            {**(request_record["backend_options"] if same else {}), **(backend_options or {})},
+            {**(request_record["backend_options"] if same else {}), **overrides},
             _recorded_environment(artifacts) if from_environment else None,
             Path(scratch),
         )
-        backend_opts, image_tags = _in_image(image, chosen, "image" in (backend_options or {}))
+        backend_opts, image_tags = _in_image(image, chosen, "image" in overrides)
         request = RunRequest(
             notebook=str(notebook.path),
             parameters={**request_record["parameters"], **(parameters or {})},

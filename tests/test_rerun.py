@@ -229,7 +229,9 @@ def test_rerun_from_a_hostile_environment_refuses_it_before_anything_runs(
     assert len(runs_of(experiment)) == 1
 
 
-def test_rerun_from_environment_needs_a_backend_that_builds_images(project, experiment, runs_of):
+def test_rerun_from_environment_needs_a_backend_that_builds_images_and_a_recorded_environment(
+    project, experiment, mlflow_client, runs_of
+):
     notebook = write_notebook(project / "score.ipynb", "alpha = 1.0\nscale = 2", SCORE)
     first = batcat_nb.run(str(notebook), experiment=experiment, progress=False)
     assert first.ok, first.reason
@@ -242,4 +244,9 @@ def test_rerun_from_environment_needs_a_backend_that_builds_images(project, expe
     assert "the local backend runs in no image to build from environment.txt" in _one_line(on_local.stderr)
     assert "--image and --from-environment contradict each other" in _one_line(both.stderr)
     assert "--base-image is the base of the image --from-environment builds" in _one_line(base_alone.stderr)
+    recorded = Path(mlflow_client.get_run(first.run_id).info.artifact_uri.removeprefix("file://"))
+    (recorded / "environment.txt").unlink()  # a run recorded before environments were
+    unrecorded = run_batcat("rerun", first.run_id, "-b", "docker", "--from-environment")
+    assert unrecorded.returncode == 2
+    assert f"run {first.run_id} has no environment.txt artifact" in _one_line(unrecorded.stderr)
     assert len(runs_of(experiment)) == 1
