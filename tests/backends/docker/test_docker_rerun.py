@@ -181,3 +181,32 @@ def test_rerun_from_environment_for_another_python_names_it_and_the_fix(
     assert f"run {first.run_id} ran Python 3.9, and base image {base} has Python 3." in line
     assert "pass --base-image IMAGE with Python 3.9" in line
     assert len(runs_of(experiment)) == 1
+
+
+@pytest.mark.parametrize(
+    ("inputs", "problem"),
+    [
+        (None, "it recorded no image inputs to rebuild it from"),
+        ("{not json", "it recorded no image inputs to rebuild it from"),
+        ('{"base_image": 1}', "it recorded no image inputs to rebuild it from"),
+        (
+            '{"base_image": "127.0.0.1:9/gone:1", "requirements_file": ""}',
+            "cannot be rebuilt as it was: base image 127.0.0.1:9/gone:1 (no longer here) changed",
+        ),
+    ],
+)
+def test_a_gone_image_without_usable_inputs_is_refused_in_one_line(engine, tmp_path, inputs, problem):
+    from batcat_nb.backends.base import RerunImage
+    from batcat_nb.backends.docker.rebuild import rerun_image
+    from batcat_nb.errors import UsageError
+
+    tags = {"batcat.image.digest": "sha256:" + "0" * 64}
+    if inputs is not None:
+        tags["batcat.image.inputs"] = inputs
+
+    with pytest.raises(UsageError) as refused:
+        rerun_image(engine, RerunImage("r1", tags, {}, None, tmp_path))
+
+    message = str(refused.value)
+    assert message.startswith("run r1 ran in image sha256:000000000000, which no longer exists")
+    assert problem in message and "\n" not in message
