@@ -54,8 +54,8 @@ def rerun_image(client: Any, request: RerunImage) -> tuple[dict[str, Any], dict[
 
 def _rebuilt(client: Any, request: RerunImage, digest: str) -> tuple[dict[str, Any], dict[str, str]]:
     gone = f"run {request.run_id} ran in image {digest[:19]}, which no longer exists"
-    recorded = json.loads(request.tags.get(images.TAG_IMAGE_INPUTS) or "{}")
-    if not recorded:
+    recorded = _recorded_inputs(request.tags)
+    if recorded is None:
         raise UsageError(f"{gone}, and it recorded no image inputs to rebuild it from; {_FIX}")
     changed = _changed(client, recorded)
     if changed:
@@ -76,6 +76,19 @@ def _rebuilt(client: Any, request: RerunImage, digest: str) -> tuple[dict[str, A
     options = {k: v for k, v in request.options.items() if k != "image"}
     options.update(base_image=recorded["base_image"], requirements=requirements)
     return options, {TAG_IMAGE_REBUILT: "true"}
+
+
+def _recorded_inputs(tags: dict[str, str]) -> dict[str, str] | None:
+    """The run's ``batcat.image.inputs``, when it has that tag in the form ``ImageInputs.record`` wrote."""
+    try:
+        recorded = json.loads(tags.get(images.TAG_IMAGE_INPUTS) or "null")
+    except ValueError:
+        return None
+    if not isinstance(recorded, dict) or not all(
+        isinstance(recorded.get(key), str) for key in ("base_image", "requirements_file")
+    ):
+        return None
+    return recorded
 
 
 def _changed(client: Any, recorded: dict[str, str]) -> list[str]:
