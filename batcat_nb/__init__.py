@@ -76,8 +76,10 @@ def sweep(
 def rerun(run_id: str, parameters: dict[str, Any] | None = None, **options: Any) -> RerunResult:
     """Run the recorded run ``run_id`` again as it was (``parameters`` override its given ones).
 
-    ``options``: backend, tracking_uri, and RunRequest's output_dir, progress, retries, ...
-    The result compares its metrics with the original's and names inputs that changed.
+    ``options``: backend, tracking_uri, backend_options (``{"image": ...}`` to run in another
+    image), from_environment (build the image from the run's ``environment.txt``), and
+    RunRequest's output_dir, progress, retries, ... The result compares its metrics with the
+    original's and names inputs that changed.
     """
     from .reruns import rerun as rerun_run
 

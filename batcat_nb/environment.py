@@ -2,7 +2,12 @@
 
 Read from the ``*.dist-info`` folder names on ``sys.path`` (a directory listing, about a
 millisecond) rather than from each distribution's metadata (about a second for 200 packages on
-a busy machine) or a ``pip freeze`` subprocess.
+a busy machine) or a ``pip freeze`` subprocess. A distribution installed from a path, a URL or
+in editable mode (it has a ``direct_url.json``, PEP 610) is marked ``# not from an index``.
+
+``recorded(text)`` reads such a file back for ``batcat rerun --from-environment``, strictly: the
+file may come from a shared store, so any line but ``NAME==VERSION`` and comments is refused
+rather than ever reaching pip as an option (``--index-url``, ``-e``, ``-r``) or a URL.
 """
 
 from __future__ import annotations
@@ -10,17 +15,29 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UsageError
+
 ENVIRONMENT_NAME = "environment.txt"
+NOT_FROM_INDEX = "# not from an index"
+_PIN = re.compile(r"([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)==([0-9][A-Za-z0-9.+!_-]*)")
+_PYTHON = re.compile(r"# python (\d+\.\d+)\.\S+ .*")
 
 log = logging.getLogger("batcat_nb")
 
 
 def installed() -> dict[str, str]:
     """Every distribution importable here: normalised name -> version (the first on sys.path wins)."""
-    found: dict[str, str] = {}
+    return {name: version for name, (version, _) in _distributions().items()}
+
+
+def _distributions() -> dict[str, tuple[str, bool]]:
+    """Normalised name -> (version, installed from a path or URL rather than an index)."""
+    found: dict[str, tuple[str, bool]] = {}
     for entry in sys.path:
         try:
             names = os.listdir(entry or ".")
@@ -35,14 +52,18 @@ def installed() -> dict[str, str]:
                 from importlib.metadata import Distribution
 
                 version = Distribution.at(os.path.join(entry, name)).version or ""
-            found.setdefault(_normalise(project), version.partition("-")[0])
+            if _normalise(project) not in found:
+                direct = os.path.exists(os.path.join(entry, name, "direct_url.json"))
+                found[_normalise(project)] = (version.partition("-")[0], direct)
     return found
 
 
 def describe() -> str:
     """``# python X.Y.Z (implementation, platform)`` then ``name==version`` lines, sorted."""
     header = f"# python {platform.python_version()} ({platform.python_implementation()}, {sys.platform})"
-    return "\n".join([header, *(f"{k}=={v}" for k, v in sorted(installed().items()))]) + "\n"
+    found = sorted(_distributions().items())
+    lines = [f"{k}=={v}  {NOT_FROM_INDEX}" if direct else f"{k}=={v}" for k, (v, direct) in found]
+    return "\n".join([header, *lines]) + "\n"
 
 
 def write(directory: Path) -> Path | None:
@@ -54,6 +75,39 @@ def write(directory: Path) -> Path | None:
         log.warning("cannot write %s: %s", path, exc)
         return None
     return path
+
+
+@dataclass
+class Recorded:
+    """A recorded ``environment.txt``: the Python it ran and its distributions."""
+
+    python: str  # major.minor
+    pins: dict[str, str]  # normalised name -> version, installable from an index
+    not_from_index: list[str]  # name==version of those installed from a path or URL
+
+
+def recorded(text: str, source: str) -> Recorded:
+    """Read ``environment.txt`` back; any line but a pin or a comment is refused (see the module)."""
+    lines = text.splitlines()
+    header = _PYTHON.fullmatch(lines[0].strip()) if lines else None
+    if header is None:
+        raise UsageError(f"{source} does not start with '# python X.Y.Z': not an environment batcat recorded")
+    pins: dict[str, str] = {}
+    not_from_index: list[str] = []
+    for number, line in enumerate(lines[1:], 2):
+        line = line.strip()
+        pin = line.removesuffix(NOT_FROM_INDEX).rstrip()
+        found = _PIN.fullmatch(pin)
+        if found and pin != line:
+            not_from_index.append(pin)
+        elif found:
+            pins[_normalise(found.group(1))] = found.group(2)
+        elif line and not line.startswith("#"):
+            raise UsageError(
+                f"{source} line {number} is not NAME==VERSION: {line[:80]!r}; refusing to build from it "
+                "(was the file edited?); run in another image with --image IMAGE"
+            )
+    return Recorded(header.group(1), pins, not_from_index)
 
 
 def _normalise(name: str) -> str:

@@ -5,9 +5,10 @@
 
 The exact notebook it ran (the git commit when it still holds the same bytes, else the
 recorded ``.ipynb`` artifact without its outputs and injected cell), the same given parameters
-(only ``-p`` overrides change), kernel, backend, backend options and image (by digest), and
-the same inputs: objects of a versioned S3 bucket are read in their recorded versions; any
-other input that changed since is named in the summary.
+(only ``-p`` overrides change), kernel, backend, backend options and image (by digest; what a
+backend does when that image is gone, or with ``from_environment``, is its ``rerun_image``
+hook), and the same inputs: objects of a versioned S3 bucket are read in their recorded
+versions; any other input that changed since is named in the summary.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import api, replay
+from . import api, environment, replay
 from .backends import registry
+from .backends.base import RerunImage
 from .errors import UsageError
 from .notebook import Notebook, read_notebook_bytes
 from .result import RunResult
@@ -100,11 +102,15 @@ def rerun(
     *,
     backend: str | None = None,
     tracking_uri: str | None = None,
+    backend_options: dict[str, Any] | None = None,
+    from_environment: bool = False,
     **options: Any,
 ) -> RerunResult:
     """Run ``run_id`` again as it was, with ``parameters`` overriding its given ones; wait for it.
 
-    ``options`` are further RunRequest fields (output_dir, progress, log_output, retries...).
+    ``backend_options`` override the recorded ones (``image``: run in this image instead);
+    ``from_environment`` builds the image from the run's ``environment.txt``. ``options`` are
+    further RunRequest fields (output_dir, progress, log_output, retries...).
     """
     tracker = Tracker(tracking_uri or default_tracking_uri())
     original = _get_run(tracker, run_id)
@@ -119,6 +125,15 @@ def rerun(
         notebook, notebook_from = _recorded_notebook(tags, artifacts, run_id)
         inputs, changed = _recorded_inputs(request_record, artifacts)
         chosen = backend or request_record["backend"]
+        same, overrides = chosen == request_record["backend"], backend_options or {}
+        image = RerunImage(
+            run_id,
+            tags if same else {},
+            {**(request_record["backend_options"] if same else {}), **overrides},
+            _recorded_environment(artifacts) if from_environment else None,
+            Path(scratch),
+        )
+        backend_opts, image_tags = _in_image(image, chosen, "image" in overrides)
         request = RunRequest(
             notebook=str(notebook.path),
             parameters={**request_record["parameters"], **(parameters or {})},
@@ -130,8 +145,8 @@ def rerun(
             timeout=request_record["timeout"],
             execution_timeout=request_record["execution_timeout"],
             tracking_uri=tracker.uri,
-            tags={TAG_RERUN_OF: run_id, TAG_NOTEBOOK_FROM: notebook_from},
-            backend_options=_backend_options(request_record, tags, chosen),
+            tags={TAG_RERUN_OF: run_id, TAG_NOTEBOOK_FROM: notebook_from, **image_tags},
+            backend_options=backend_opts,
             **options,
         )
         spec = api.resolve_spec(request, notebook)
@@ -283,13 +298,28 @@ def _difference(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> st
     return "; ".join(parts) or "listing differs"
 
 
-def _backend_options(request_record: dict[str, Any], tags: dict[str, str], backend: str) -> dict[str, Any]:
-    """The recorded backend options, pinned to the recorded image when the backend is the same."""
-    if backend != request_record["backend"]:
-        return {}
-    options = dict(request_record["backend_options"])
-    recorded_image = getattr(registry.get(backend), "recorded_image", None)  # the backend's hook
-    image = recorded_image(tags) if recorded_image is not None else None
-    if image:
-        options["image"] = image
-    return options
+def _recorded_environment(artifacts: _Artifacts) -> environment.Recorded:
+    path = artifacts.path(environment.ENVIRONMENT_NAME)
+    if path is None:
+        raise UsageError(
+            f"run {artifacts.run_id} has no {environment.ENVIRONMENT_NAME} artifact to build an image "
+            "from (recorded before batcat recorded environments); leave out --from-environment"
+        )
+    return environment.recorded(path.read_text(), f"{environment.ENVIRONMENT_NAME} of run {artifacts.run_id}")
+
+
+def _in_image(image: RerunImage, backend: str, image_given: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """The backend options that run the rerun in the image the backend's ``rerun_image`` hook
+    chooses (the recorded one, unless the caller named one), and the tags it adds to the run."""
+    if image_given and image.environment is not None:
+        raise UsageError("--image and --from-environment contradict each other: choose one")
+    hook = getattr(registry.get(backend), "rerun_image", None)
+    if hook is None and image.environment is not None:
+        raise UsageError(
+            f"the {backend} backend runs in no image to build from {environment.ENVIRONMENT_NAME}; "
+            "choose a backend that builds images (--backend docker)"
+        )
+    if hook is None or image_given:
+        return image.options, {}
+    options, tags = hook(image)
+    return options, tags

@@ -200,3 +200,53 @@ def test_the_api_functions_stay_functions_once_every_module_is_imported(function
         if not module.name.startswith("batcat_nb.docker"):
             importlib.import_module(module.name)
     assert callable(getattr(batcat_nb, function)), f"batcat_nb.{function} was replaced by a module"
+
+
+def _one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_rerun_from_a_hostile_environment_refuses_it_before_anything_runs(
+    project, experiment, mlflow_client, runs_of, tmp_path
+):
+    notebook = write_notebook(project / "score.ipynb", "alpha = 1.0\nscale = 2", SCORE)
+    first = batcat_nb.run(str(notebook), experiment=experiment, progress=False)
+    assert first.ok, first.reason
+    hostile = tmp_path / "environment.txt"  # a shared store: anyone with write access wrote this
+    hostile.write_text(
+        "# python 3.11.2 (CPython, linux)\ntabulate==0.8.10\n--index-url http://127.0.0.1:9/\n"
+    )
+    mlflow_client.log_artifact(first.run_id, str(hostile))
+
+    again = run_batcat("rerun", first.run_id, "--backend", "docker", "--from-environment")
+
+    assert again.returncode == 2, again.stdout + again.stderr
+    line = _one_line(again.stderr)
+    assert f"environment.txt of run {first.run_id} line 3 is not NAME==VERSION: '--index-url" in line
+    assert "refusing to build from it" in line
+    assert len(runs_of(experiment)) == 1
+
+
+def test_rerun_from_environment_needs_a_backend_that_builds_images_and_a_recorded_environment(
+    project, experiment, mlflow_client, runs_of
+):
+    notebook = write_notebook(project / "score.ipynb", "alpha = 1.0\nscale = 2", SCORE)
+    first = batcat_nb.run(str(notebook), experiment=experiment, progress=False)
+    assert first.ok, first.reason
+
+    on_local = run_batcat("rerun", first.run_id, "--from-environment")
+    both = run_batcat("rerun", first.run_id, "-b", "docker", "--from-environment", "--image", "x:1")
+    base_alone = run_batcat("rerun", first.run_id, "-b", "docker", "--base-image", "x:1")
+
+    assert {on_local.returncode, both.returncode, base_alone.returncode} == {2}, on_local.stderr + both.stderr
+    assert "the local backend runs in no image to build from environment.txt" in _one_line(on_local.stderr)
+    assert "--image and --from-environment contradict each other" in _one_line(both.stderr)
+    assert "--base-image is the base of the image --from-environment builds" in _one_line(base_alone.stderr)
+    recorded = Path(mlflow_client.get_run(first.run_id).info.artifact_uri.removeprefix("file://"))
+    (recorded / "environment.txt").unlink()  # a run recorded before environments were
+    unrecorded = run_batcat("rerun", first.run_id, "-b", "docker", "--from-environment")
+    assert unrecorded.returncode == 2
+    assert f"run {first.run_id} has no environment.txt artifact" in _one_line(unrecorded.stderr)
+    assert len(runs_of(experiment)) == 1

@@ -11,10 +11,12 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from .. import lease, ui
+from ..environment import Recorded
 from ..manifest import FAILED, KILLED, RUNNING, Manifest
 from ..result import RunResult
 from ..spec import JobSpec
@@ -24,13 +26,27 @@ from ..worker import JOB_LOG_NAME
 log = logging.getLogger("batcat_nb")
 
 
+@dataclass
+class RerunImage:
+    """What ``batcat rerun`` asks of a backend's ``rerun_image`` hook."""
+
+    run_id: str
+    tags: dict[str, str]  # the original run's ({} when it ran on another backend)
+    options: dict[str, Any]  # the backend options: recorded, then the caller's
+    environment: Recorded | None  # --from-environment: build from the run's environment.txt
+    scratch: Path  # a private directory, kept until the job has started
+
+
 class Backend(Protocol):
     """Where jobs run.
 
     Optional hooks, which the core looks up by name and never by the backend's class:
 
     - ``detachable = True``: its jobs outlive the process that submitted them (``batcat submit``);
-    - ``recorded_image(tags)``: the image a run ran in, from its tags, for ``batcat rerun``;
+    - ``rerun_image(request: RerunImage) -> (options, tags)``: for ``batcat rerun``, the backend
+      options that run the job in the image the original run ran in (from its tags), and tags for
+      the new run; a backend that builds images may rebuild a missing one from unchanged inputs,
+      or build one from ``request.environment``; it raises a UsageError when it cannot;
     - ``leased = True``: its jobs hold a lease beside their output on this machine, so that
       ``batcat runs reconcile`` completes a run whose launcher died; ``collect_orphan(output)``
       then first gathers what such a job left (False while it still runs);

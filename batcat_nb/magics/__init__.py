@@ -310,17 +310,28 @@ class BatcatMagics(Magics):
     @argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     @argument("-b", "--backend", help="Run it elsewhere (default: where it ran).")
     @argument("--tracking-uri", help="The store holding RUN_ID (default: as %%batcat_run).")
+    @argument("--image", help="Run it in this image, not its recorded one.")
+    @argument("--from-environment", action="store_true", help="Build the image from its environment.txt.")
+    @argument("--base-image", help="With --from-environment: the base image to build on.")
     def batcat_rerun(self, line: str = "") -> Any:
         """Run a recorded run again, as it was; the summary compares its metrics with the original's."""
         if self._note_in_job("%batcat_rerun"):
             return None
+        from ..cli.rerun import image_options
         from ..parameters import collect
         from ..reruns import rerun
 
         args = parse_argstring(self.batcat_rerun, line)
         parameters = collect(values=[tuple(pair) for pair in args.parameter])
-        uri = args.tracking_uri or self.tracking_uri
-        return rerun(args.run_id, parameters, backend=args.backend, tracking_uri=uri, progress=self.progress)
+        return rerun(
+            args.run_id,
+            parameters,
+            backend=args.backend,
+            tracking_uri=args.tracking_uri or self.tracking_uri,
+            backend_options=image_options(args.image, args.base_image, args.from_environment),
+            from_environment=args.from_environment,
+            progress=self.progress,
+        )
 
     @line_magic
     @_usage_errors

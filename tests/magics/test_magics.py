@@ -521,3 +521,7 @@ def test_a_percent_notebook_runs_and_reruns_through_the_magics(ip, magics, exper
     assert again.ok and again.result.metrics["revenue_total"] == 67.5
     assert mlflow_client.get_run(again.result.run_id).data.tags["batcat.rerun_of"] == first.run_id
     assert ("revenue_total", "equal (67.5)") in again.metric_changes()
+    with pytest.raises(
+        IPythonUsageError, match="the local backend runs in no image to build from environment"
+    ):
+        line(ip, "batcat_rerun", f"{first.run_id} --from-environment")

@@ -45,7 +45,7 @@ from ...secrets import launcher_env
 from ...spec import JobSpec
 from ...storage import aws_credentials, is_s3
 from ...tracking import TAG_IMAGE, TAG_IMAGE_DIGEST, Tracker, run_env
-from ..base import JobHandle
+from ..base import JobHandle, RerunImage
 from .container import ContainerResources, docker_client
 
 log = logging.getLogger("batcat_nb")
@@ -162,10 +162,12 @@ class DockerBackend:
     def submit(self, spec: JobSpec) -> DockerHandle:
         return DockerHandle(spec, docker_config(spec.backend_options), self.client())
 
-    @staticmethod
-    def recorded_image(tags: dict[str, str]) -> str | None:
-        """The image a run ran in, by digest: what ``batcat rerun`` runs it in again."""
-        return tags.get(TAG_IMAGE_DIGEST)
+    def rerun_image(self, request: RerunImage) -> tuple[dict[str, Any], dict[str, str]]:
+        """For ``batcat rerun``: the image a run ran in, by digest; rebuilt when it is gone and its
+        inputs are unchanged, or built from the run's environment (``rebuild.py``)."""
+        from .rebuild import rerun_image
+
+        return rerun_image(self.client(), request)
 
     def collect_orphan(self, output_dir: str) -> bool:
         """For ``batcat runs reconcile``: False while the job's container runs; else its outputs
@@ -238,6 +240,8 @@ class DockerHandle(JobHandle):
         warn_if_not_for_sagemaker(self.image)
         # The run is created after submit, with the spec's tags: the image is part of its provenance.
         spec.tags.update({TAG_IMAGE: self.image.tag, TAG_IMAGE_DIGEST: self.image.digest})
+        if self.image.inputs:  # what `batcat rerun` rebuilds it from, should it be gone
+            spec.tags[images.TAG_IMAGE_INPUTS] = json.dumps(self.image.inputs)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self._lease = lease.hold(self.output_dir)  # `batcat runs reconcile` leaves the run to us
         # The code channel holds what SageMaker's would: the notebook and the --include'd files.

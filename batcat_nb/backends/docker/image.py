@@ -49,6 +49,7 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 LOCAL_BASE_IMAGE = "batcat-base:bookworm"  # what scripts/provision_docker.sh builds
 REQUIREMENTS_FILE = "requirements.txt"
 LABEL_KEY = "io.batcat.key"
+TAG_IMAGE_INPUTS = "batcat.image.inputs"  # the run's tag: ImageInputs.record() as JSON
 _DEFINITION = ("Dockerfile", ".dockerignore", "runtime-requirements.txt")
 _LAYERS = ("runtime", "user", "batcat_nb")
 _PULL_RETRY_SECONDS = 3600
@@ -65,10 +66,11 @@ class RunnerImage:
     built: bool  # False when an existing image was reused
     seconds: float = 0.0
     architecture: str = "amd64"  # SageMaker runs amd64 only
+    inputs: dict[str, str] | None = None  # ImageInputs.record(); None for an image the user named
 
 
 @dataclass
-class _Inputs:
+class ImageInputs:
     """Everything the image is made of, known before anything is downloaded."""
 
     base_image: str
@@ -77,17 +79,30 @@ class _Inputs:
     requirements: Path | None
     mlflow: str | None
 
+    def parts(self) -> dict[str, str]:
+        """What the tag hashes, by name: a rerun names the parts that changed since."""
+        definition = (_sha256((self.definition / name).read_bytes()) for name in _DEFINITION)
+        return {
+            "base image": self.base_id,
+            "image definition": _sha256(" ".join(definition).encode()),
+            "requirements": _sha256(_requirement_lines(self.requirements).encode()),
+            "MLflow": self.mlflow or "",
+            "batcat_nb": batcat_source_hash(),
+        }
+
     def key(self) -> str:
-        digest = hashlib.sha256()
-        for part in (
-            self.base_id,
-            *(_sha256((self.definition / name).read_bytes()) for name in _DEFINITION),
-            _sha256(_requirement_lines(self.requirements).encode()),
-            self.mlflow or "",
-            batcat_source_hash(),
-        ):
-            digest.update(part.encode() + b"\0")
-        return digest.hexdigest()
+        return _sha256(b"".join(part.encode() + b"\0" for part in self.parts().values()))
+
+    def record(self) -> dict[str, str]:
+        """The parts and where they came from, for the run's tags (``batcat rerun`` rebuilds from it)."""
+        sources = {"base_image": self.base_image, "requirements_file": str(self.requirements or "")}
+        return {**sources, **self.parts()}
+
+
+def image_inputs(client: Any, base_image: str | None, requirements: str | Path | None) -> ImageInputs:
+    """The inputs of the runner image for this base image and requirements file, as they are now."""
+    base, base_id = resolve_base_image(client, base_image)
+    return ImageInputs(base, base_id, definition_dir(), _requirements_path(requirements), mlflow_version())
 
 
 def ensure_image(
@@ -102,19 +117,23 @@ def ensure_image(
 ) -> RunnerImage:
     """The runner image for this environment: reused when its tag exists, else built."""
     started = time.monotonic()
-    base, base_id = resolve_base_image(client, base_image)
-    inputs = _Inputs(base, base_id, definition_dir(), _requirements_path(requirements), _mlflow_version())
+    inputs = image_inputs(client, base_image, requirements)
     key = inputs.key()
     tag = f"{RUNNER_REPOSITORY}:{key[:16]}"
     built = False
     image = _existing(client, tag)
     if image is None or rebuild:
-        log.info("building the runner image %s from %s (first time for this environment)", tag, base)
+        log.info(
+            "building the runner image %s from %s (first time for this environment)", tag, inputs.base_image
+        )
         image = _Build(client, inputs, tag, key, on_log or _log_line).run(wheelhouse)
         built = True
     if extra_tag:
         image.tag(*_split_tag(extra_tag))
-    return RunnerImage(tag, image.id, base, built, time.monotonic() - started, _architecture(image))
+    seconds = time.monotonic() - started
+    return RunnerImage(
+        tag, image.id, inputs.base_image, built, seconds, _architecture(image), inputs.record()
+    )
 
 
 def existing_image(client: Any, name: str) -> RunnerImage:
@@ -215,7 +234,7 @@ class _Build:
     """One image build: context, wheelhouse, ``docker build`` with its log streamed."""
 
     def __init__(
-        self, client: Any, inputs: _Inputs, tag: str, key: str, on_log: Callable[[str], None]
+        self, client: Any, inputs: ImageInputs, tag: str, key: str, on_log: Callable[[str], None]
     ) -> None:
         self.client, self.inputs, self.tag, self.key, self.on_log = client, inputs, tag, key, on_log
 
@@ -493,7 +512,7 @@ def _carries_credentials(requirements: Path | None) -> bool:
     return any(mask_uri(text) != text for text in [_index_url(), *lines])
 
 
-def _mlflow_version() -> str | None:
+def mlflow_version() -> str | None:
     for name in ("mlflow-skinny", "mlflow"):
         try:
             return importlib.metadata.version(name)

@@ -30,7 +30,7 @@ from ...redact import without_credentials
 from ...spec import JobSpec
 from ...storage import download, is_s3, split_s3, upload
 from ...tracking import TAG_IMAGE, TAG_IMAGE_DIGEST
-from ..base import JobHandle
+from ..base import JobHandle, RerunImage
 from . import aws
 from .jobs import (
     STATUS,
@@ -117,11 +117,18 @@ class SageMakerBackend:
             )
 
     @staticmethod
-    def recorded_image(tags: dict[str, str]) -> str | None:
+    def rerun_image(request: RerunImage) -> tuple[dict[str, Any], dict[str, str]]:
         """The image a run's job ran in, by digest when its registry gave one (a tag can move):
         what ``batcat rerun`` runs it in again."""
-        image, digest = tags.get(TAG_IMAGE), tags.get(TAG_IMAGE_DIGEST)
-        return pinned(image, digest) if image and digest else image
+        if request.environment is not None:
+            raise UsageError(
+                "SageMaker runs a pushed image: build one from the environment with --backend docker, "
+                "or push one (`batcat build --push`) and pass --image URI"
+            )
+        image, digest = request.tags.get(TAG_IMAGE), request.tags.get(TAG_IMAGE_DIGEST)
+        if not image:
+            return request.options, {}
+        return {**request.options, "image": pinned(image, digest) if digest else image}, {}
 
     def submit(self, spec: JobSpec) -> SageMakerHandle:
         resolved = self._resolved.pop(spec.job_name, None) or self._resolve(spec)

@@ -647,6 +647,18 @@ def test_default_ecr_repository_is_the_accounts(aws_env):
     assert image_registry.ECR_IMAGE.fullmatch(uri + ":tag")
 
 
+def test_a_rerun_runs_in_the_recorded_image_uri_and_cannot_build_from_an_environment(tmp_path):
+    from batcat_nb.backends.base import RerunImage
+    from batcat_nb.environment import Recorded
+
+    recorded = RerunImage("r1", {TAG_IMAGE: RUNNER_URI}, {"role": ROLE, "image": "other:1"}, None, tmp_path)
+    assert sm.SageMakerBackend.rerun_image(recorded) == ({"role": ROLE, "image": RUNNER_URI}, {})
+
+    recorded.environment = Recorded("3.11", {"tabulate": "0.8.10"}, [])
+    with pytest.raises(UsageError, match="SageMaker runs a pushed image"):
+        sm.SageMakerBackend.rerun_image(recorded)
+
+
 @pytest.mark.parametrize(
     "image",
     [
@@ -656,9 +668,11 @@ def test_default_ecr_repository_is_the_accounts(aws_env):
         "127.0.0.1:5000/batcat-runner:v1@sha256:" + "0" * 64,
     ],
 )
-def test_a_rerun_names_the_recorded_image_by_its_digest(image):
+def test_a_rerun_names_the_recorded_image_by_its_digest(image, tmp_path):
+    from batcat_nb.backends.base import RerunImage
+
     digest = "sha256:" + "a" * 64
     repository = image.split("@")[0].removesuffix(":v1")
-    tags = {"batcat.image": image, "batcat.image.digest": digest}
-    assert sm.SageMakerBackend.recorded_image(tags) == f"{repository}@{digest}"
-    assert sm.SageMakerBackend.recorded_image({"batcat.image": image}) == image  # never asked: as given
+    tags = {TAG_IMAGE: image, "batcat.image.digest": digest}
+    options, _ = sm.SageMakerBackend.rerun_image(RerunImage("r1", tags, {}, None, tmp_path))
+    assert options["image"] == f"{repository}@{digest}"
