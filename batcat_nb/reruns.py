@@ -209,7 +209,8 @@ def _recorded_notebook(tags: dict[str, str], artifacts: _Artifacts, run_id: str)
     commit = tags.get(_GIT_COMMIT)
     raw = _git_show(original, commit) if commit else None
     if commit and raw is not None and hashlib.sha256(raw).hexdigest() == tags[TAG_NOTEBOOK_SHA]:
-        return _placed(original, read_notebook_bytes(original, raw).content), f"git {commit[:12]}"
+        content = read_notebook_bytes(original, raw).content
+        return _placed(original, content, artifacts.scratch), f"git {commit[:12]}"
     executed = artifacts.path(f"{original.stem}.ipynb")
     if executed is None:
         held = f" and git commit {commit[:12]} no longer holds it" if commit else ""
@@ -217,15 +218,15 @@ def _recorded_notebook(tags: dict[str, str], artifacts: _Artifacts, run_id: str)
             f"run {run_id} cannot be re-run: its executed notebook {original.stem}.ipynb "
             f"is not among its artifacts{held}"
         )
-    return _placed(original, strip_run(json.loads(executed.read_text()))), "artifact"
+    return _placed(original, strip_run(json.loads(executed.read_text())), artifacts.scratch), "artifact"
 
 
-def _placed(original: Path, content: dict[str, Any]) -> Notebook:
+def _placed(original: Path, content: dict[str, Any], scratch: Path) -> Notebook:
     """The notebook at its original path (its folder is the job's code), or, when that file is
-    gone, written to a new folder: backends stage the file itself."""
+    gone, written to a new folder in the rerun's ``scratch``: backends stage the file itself."""
     if original.exists():
         return Notebook(original, content, raw=b"")
-    location = Path(tempfile.mkdtemp(prefix="batcat-rerun-")) / f"{original.stem}.ipynb"
+    location = Path(tempfile.mkdtemp(prefix="notebook-", dir=scratch)) / f"{original.stem}.ipynb"
     location.write_text(json.dumps(content))
     log.warning("%s no longer exists: the rerun runs without the files that were beside it", original)
     return Notebook(location, content, raw=b"")
@@ -273,7 +274,7 @@ def _recorded_inputs(
             continue
         versions = {e["Key"]: e["VersionId"] for e in recorded["entries"] if e.get("VersionId")}
         if is_s3(recorded["uri"]) and len(versions) == len(recorded["entries"]):
-            target = Path(tempfile.mkdtemp(prefix=f"batcat-rerun-{name}-"))
+            target = Path(tempfile.mkdtemp(prefix="input-", dir=artifacts.scratch))  # not named by the record
             download_versions(recorded["uri"], target, versions)
             inputs[name] = str(target)
             log.info("input %s: reading the recorded versions of %d objects", name, len(versions))

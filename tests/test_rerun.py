@@ -126,8 +126,10 @@ def test_rerun_of_an_unknown_run_is_one_line(project):
 
 
 def test_rerun_reads_the_recorded_versions_of_a_versioned_s3_input(
-    project, experiment, bucket, mlflow_client
+    project, experiment, bucket, mlflow_client, monkeypatch
 ):
+    import tempfile
+
     import boto3
 
     s3 = boto3.client("s3")
@@ -145,9 +147,13 @@ def test_rerun_reads_the_recorded_versions_of_a_versioned_s3_input(
     s3.put_object(Bucket=bucket, Key="data/a.txt", Body=b"30")  # overwritten
     s3.put_object(Bucket=bucket, Key="data/c.txt", Body=b"100")  # added
 
+    temporary = project / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     again = batcat_nb.rerun(first.run_id, progress=False)
 
     assert again.ok and again.result.metrics == {"total": 7.0}  # the original versions, nothing added
+    assert not [p.name for p in temporary.iterdir() if p.name.startswith("batcat-rerun")]  # downloads gone
     assert again.changed_inputs == {}
     assert ("total", "equal (7)") in again.metric_changes()
     scratch = project / "listing"
