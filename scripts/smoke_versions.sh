@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The wheel on every Python the project admits (requires-python) that this machine has: for each,
 # a fresh venv gets the wheel and its dependencies, then `batcat run` executes a notebook in that
-# venv's own kernel and a 2-value --grid sweep. Any failure fails the script.
+# venv's own kernel as a 2-value --grid sweep (two runs and their parent). Any failure fails the
+# script.
 #
 #   scripts/smoke_versions.sh              # every admitted 3.x found (pyenv versions, then PATH)
 #   SMOKE_PYTHONS="python3.10 /usr/bin/python3.12" scripts/smoke_versions.sh
 #
-# Quick on a second run: the dependencies are resolved once per Python and pyproject.toml into
+# Quick on a second run: the dependencies are resolved once per Python and list of dependencies into
 # a wheelhouse under $BATCAT_SMOKE_CACHE (default ~/.cache/batcat/smoke); each fresh venv then
 # installs from it offline (--no-index): no index is asked, nothing is downloaded or built.
 # The venv is made without pip and filled by the interpreter's own pip (--python, pip >= 22.3),
@@ -50,6 +51,16 @@ fi
 builder=${pythons[0]}
 "$builder" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" "$root"
 wheel=$(ls "$work"/dist/batcat_nb-*.whl)
+# What the wheel needs (its Requires-Dist without extras) keys the wheelhouses, not pyproject.toml as
+# a whole: a linter setting or a dev extra changes nothing a venv installs, and costs no new resolve.
+needs=$("$builder" - "$wheel" <<'EOF' | sha256sum | cut -c1-12
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    [metadata] = [name for name in wheel.namelist() if name.endswith(".dist-info/METADATA")]
+    lines = wheel.read(metadata).decode().splitlines()
+print(*sorted(line for line in lines if line.startswith("Requires-Dist:") and "extra ==" not in line), sep="\n")
+EOF
+)
 
 cat >"$work/smoke.ipynb" <<'EOF'
 {"cells": [
@@ -67,7 +78,7 @@ for python in "${pythons[@]}"; do
     version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
     venv="$work/venv-$version"
     "$python" -m venv --without-pip "$venv"
-    wheelhouse="$cache/wheels-$version-$(cat "$root/pyproject.toml" | sha256sum | cut -c1-12)"
+    wheelhouse="$cache/wheels-$version-$needs"
     if [ ! -d "$wheelhouse" ]; then  # first time for this Python and these dependencies
         rm -rf "$wheelhouse.partial"
         "$python" -m pip wheel --quiet --prefer-binary --wheel-dir "$wheelhouse.partial" "$wheel"
@@ -78,13 +89,9 @@ for python in "${pythons[@]}"; do
         --find-links "$wheelhouse" "$wheel"
     "$venv/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
     installed=$SECONDS
-    (
-        cd "$work"
-        batcat="$venv/bin/batcat"
-        common=(--tracking-uri "sqlite:///$work/mlflow-$version.db" --no-progress -p prefix "$venv")
-        "$batcat" run smoke.ipynb "${common[@]}" --output-dir "out-$version" -p x 3
-        "$batcat" run smoke.ipynb "${common[@]}" --output-dir "sweep-$version" --grid x=1,2
-    )
+    # One command: a 2-value sweep is `batcat run` twice over, plus the sweep's own machinery.
+    (cd "$work" && "$venv/bin/batcat" run smoke.ipynb --tracking-uri "sqlite:///$work/mlflow-$version.db" \
+        --no-progress -p prefix "$venv" --output-dir "sweep-$version" --grid x=1,2)
     echo "smoke: Python $version ok in $((SECONDS - started)) s:" \
         "install $((installed - started)) s, runs $((SECONDS - installed)) s ($python)"
 done

@@ -1,4 +1,5 @@
-"""A real Docker engine for the tests: the engine, the runner image (built once), the backend.
+"""A real Docker engine for the tests: the engine, the runner image (built once), the backend,
+and a package index on 127.0.0.1 serving one package that no other index has.
 
 The image is built with the example notebooks' requirements on ``$BATCAT_DOCKER_BASE_IMAGE``
 (else python:3.11-slim or the local ``batcat-base:bookworm``); its content-addressed tag makes
@@ -7,8 +8,14 @@ every later session reuse it in about a second.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import http.server
 import os
 import subprocess
+import threading
+import uuid
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +30,13 @@ from aws_fixtures import (
     local_registry,
     moto_server,
 )
-from conftest import BATCAT, EXAMPLES, require
+from conftest import BATCAT, EXAMPLES, free_port, require
 
 __all__ = [
     "aws_env",
     "engine",
     "in_runner_image",
+    "index",
     "local_registry",
     "moto_server",
     "runner",
@@ -122,3 +130,80 @@ def s3_bucket(moto_server: str) -> Iterator[str]:
     name = f"batcat-docker-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=name)
     yield name
+
+
+PACKAGE = "batcat-probe"
+WHEEL = "batcat_probe-1.0-py3-none-any.whl"
+
+
+def make_wheel(directory: Path) -> Path:
+    """A one-module wheel (``batcat_probe.VALUE == 42``), written by hand."""
+    files = {
+        "batcat_probe.py": b"VALUE = 42\n",
+        "batcat_probe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: batcat-probe\nVersion: 1.0\n",
+        "batcat_probe-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+    }
+    record = [
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"
+        for name, data in files.items()
+    ]
+    files["batcat_probe-1.0.dist-info/RECORD"] = (
+        "\n".join([*record, "batcat_probe-1.0.dist-info/RECORD,,"]) + "\n"
+    ).encode()
+    wheel = directory / WHEEL
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return wheel
+
+
+class Index:
+    """A simple-API package index on 127.0.0.1 serving ``batcat-probe``; with a token, it answers
+    only ``user:token`` (basic authentication), without one, anyone."""
+
+    def __init__(self, root: Path, token: str | None) -> None:
+        self.token = token
+        wheel = make_wheel(root)
+        expected = "Basic " + base64.b64encode(f"user:{token}".encode()).decode() if token else None
+        page = f'<a href="/files/{WHEEL}">{WHEEL}</a>'.encode()
+        listing = f'<a href="/simple/{PACKAGE}/">{PACKAGE}</a>'.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if expected and self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="index"')
+                    self.end_headers()
+                    return
+                if self.path.rstrip("/") == "/simple":
+                    body, kind = listing, "text/html"
+                elif self.path.rstrip("/") == f"/simple/{PACKAGE}":
+                    body, kind = page, "text/html"
+                elif self.path == f"/files/{WHEEL}":
+                    body, kind = wheel.read_bytes(), "application/octet-stream"
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        credentials = f"user:{token}@" if token else ""
+        self.url = f"http://{credentials}127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Index]:
+    """An index that needs a token (``index.url`` carries it)."""
+    served = Index(tmp_path, f"tok{uuid.uuid4().hex}")
+    yield served
+    served.server.shutdown()
