@@ -32,6 +32,7 @@ _INFRASTRUCTURE = (
     "InternalServerError",
     "InternalFailure",
     "ServiceUnavailable",
+    "ThrottlingException",
     "CapacityError",
     "InsufficientInstanceCapacity",
     "insufficient capacity",
