@@ -426,25 +426,33 @@ def fake_sagemaker(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
 @dataclasses.dataclass
 class _Fault:
     times: int
-    after_forwarding: bool  # the call still reaches moto: AWS acted, then answered 500
+    code: str
+    status: int
+    after_forwarding: bool  # the call still reaches moto: AWS acted, then answered the error
 
 
 class FaultySageMaker:
     """A loopback HTTP proxy in front of moto for the SageMaker API that answers chosen calls
-    with a 500 InternalServerError, as AWS does now and then: real HTTP, botocore's own retries."""
-
-    ERROR = json.dumps({"__type": "InternalServerError", "message": "We encountered an internal error."})
+    with a server error (500 InternalServerError unless told), as AWS does now and then: real
+    HTTP, botocore's own retries."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urllib.parse.urlsplit(upstream)
         self.calls: list[str] = []  # every operation, in order
-        self.failed: list[str] = []  # the operations answered with a 500
+        self.failed: list[str] = []  # the operations answered with an error
         self._faults: dict[str, _Fault] = {}
         self._lock = threading.Lock()
 
-    def fail(self, operation: str, times: int, *, after_forwarding: bool = False) -> None:
-        """Answer the next ``times`` calls of ``operation`` (CreateProcessingJob...) with a 500."""
-        self._faults[operation] = _Fault(times, after_forwarding)
+    def fail(
+        self,
+        operation: str,
+        times: int,
+        *,
+        error: tuple[str, int] = ("InternalServerError", 500),
+        after_forwarding: bool = False,
+    ) -> None:
+        """Answer the next ``times`` calls of ``operation`` (CreateProcessingJob...) with ``error``."""
+        self._faults[operation] = _Fault(times, *error, after_forwarding)
 
     def answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         operation = headers.get("X-Amz-Target", "").rpartition(".")[2]
@@ -458,7 +466,9 @@ class FaultySageMaker:
                 fault = None
         if fault is None or fault.after_forwarding:
             answer = self._forward(path, headers, body)
-        return (500, self.ERROR.encode()) if fault is not None else answer
+        if fault is None:
+            return answer
+        return fault.status, json.dumps({"__type": fault.code, "message": f"{fault.code} (test)"}).encode()
 
     def _forward(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
         connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
