@@ -133,6 +133,9 @@ def submit_spec(spec: JobSpec, *, detached: bool = False) -> JobHandle:
         raise UsageError(
             f"a {spec.backend} job ends with this command; use `batcat run`, or --backend sagemaker"
         )
+    if detached and spec.retries:
+        log.warning("--retries is ignored: with no launcher left to wait, nothing submits a job again")
+        spec = replace(spec, retries=0)
     validate(backend, spec)
     for name, source in spec.inputs.items():
         check_input(name, source)

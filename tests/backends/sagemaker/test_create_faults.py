@@ -54,13 +54,14 @@ def test_a_500_after_the_job_was_created_follows_that_job_never_a_second(
     assert mlflow_client.get_run(result.run_id).data.tags["batcat.attempt"] == "1"
 
 
-def test_without_retries_a_failed_create_is_one_line_and_leaves_nothing_running(
-    project, experiment, sagemaker_env, faulty_sagemaker, runs_of
+@pytest.mark.parametrize("how", [(), ("--no-wait", "--retries", "1")], ids=["no-retries", "no-wait"])
+def test_a_failed_create_nothing_submits_again_is_one_line_and_leaves_nothing_running(
+    project, experiment, sagemaker_env, faulty_sagemaker, runs_of, how
 ):
     faulty_sagemaker.fail(CREATE, 2)
     notebook = write_notebook(project / "nb.ipynb", *RECORD_X)
 
-    done = run_batcat("run", str(notebook), "-b", "sagemaker", "-e", experiment, "--no-progress")
+    done = run_batcat("run", str(notebook), "-b", "sagemaker", "-e", experiment, "--no-progress", *how)
 
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1, done.stderr
