@@ -138,13 +138,14 @@ def _children(mlflow_client: Any, runs_of: Any, experiment: str) -> list[Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("agent", ["1", "0"])  # the agent's warm workers, or the sweep's own
 def test_a_sweep_child_whose_kernel_died_is_retried_the_others_run_once(
-    project, experiment, mlflow_client, runs_of, flaky_kernel
+    project, experiment, mlflow_client, runs_of, flaky_kernel, agent
 ):
     notebook = write_notebook(project / "nb.ipynb", "x = 1", "print('ran', x)", kernel="flaky")
     done = run_batcat(
         "run", str(notebook), "-e", experiment, "--grid", "x=1,2,3", "--retries", "1", "--no-progress",
-        env=flaky_kernel,
+        env={**flaky_kernel, "BATCAT_AGENT": agent},
     )  # fmt: skip
 
     assert done.returncode == 0, done.stdout + done.stderr
