@@ -142,10 +142,12 @@ def _children(mlflow_client: Any, runs_of: Any, experiment: str) -> list[Any]:
 def test_a_sweep_child_whose_kernel_died_is_retried_the_others_run_once(
     project, experiment, mlflow_client, runs_of, flaky_kernel, agent
 ):
+    # one worker: the kernel that dies (its first, or the spare it starts for the next job) is
+    # always used by a child; with more, a dead spare might be left unused
     notebook = write_notebook(project / "nb.ipynb", "x = 1", "print('ran', x)", kernel="flaky")
     done = run_batcat(
         "run", str(notebook), "-e", experiment, "--grid", "x=1,2,3", "--retries", "1", "--no-progress",
-        env={**flaky_kernel, "BATCAT_AGENT": agent},
+        "--max-parallel", "1", env={**flaky_kernel, "BATCAT_AGENT": agent},
     )  # fmt: skip
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -188,7 +190,8 @@ def test_a_sweep_stopped_while_a_child_waits_for_its_next_attempt_kills_it_at_on
         )
 
     assert swept.interrupted
-    [died] = [c for c in _children(mlflow_client, runs_of, experiment) if c.data.params["x"] == "1"]
+    # the child that met the dead kernel: the first, or the next (it took the worker's spare)
+    [died] = [c for c in _children(mlflow_client, runs_of, experiment) if c.info.status != "FINISHED"]
     assert died.info.status == "KILLED"
     assert died.data.tags["batcat.attempt"] == "1"  # no second attempt was started
     assert died.data.tags["batcat.reason"] == INTERRUPTED
