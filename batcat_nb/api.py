@@ -133,6 +133,9 @@ def submit_spec(spec: JobSpec, *, detached: bool = False) -> JobHandle:
         raise UsageError(
             f"a {spec.backend} job ends with this command; use `batcat run`, or --backend sagemaker"
         )
+    if detached and spec.retries:
+        log.warning("--retries is ignored: with no launcher left to wait, nothing submits a job again")
+        spec = replace(spec, retries=0)
     validate(backend, spec)
     for name, source in spec.inputs.items():
         check_input(name, source)
@@ -197,13 +200,15 @@ def run(request: RunRequest) -> RunResult:
 def wait(handle: JobHandle) -> RunResult:
     """Wait for a submitted job, submitting it again after an infrastructure failure while its
     ``retries`` allow; Ctrl-C stops it, keeps its partial notebook, marks it KILLED."""
-    return retry.wait_with_retries(handle, _wait_once, _resubmit)
+    return retry.wait_with_retries(handle, _wait_once, resubmit)
 
 
-def _resubmit(handle: JobHandle, job_name: str) -> JobHandle:
-    """The same job under a new name, attached to the same MLflow run."""
+def resubmit(handle: JobHandle, job_name: str, backend: Backend | None = None) -> JobHandle:
+    """The same job under a new name, attached to the same MLflow run; ``backend``: the one
+    that submitted it when that one holds state (a sweep's warm workers)."""
     assert handle.tracker is not None and handle.spec.run_id and handle.spec.experiment_id
-    again = registry.get(handle.spec.backend).submit(replace(handle.spec, job_name=job_name))
+    backend = backend or registry.get(handle.spec.backend)
+    again = backend.submit(replace(handle.spec, job_name=job_name))
     again.attach(handle.tracker, handle.spec.run_id, handle.spec.experiment_id)
     return again
 

@@ -12,9 +12,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .manifest import KILLED
 from .spec import JOB_NAME_MAX
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ _INFRASTRUCTURE = (
     "InternalServerError",
     "InternalFailure",
     "ServiceUnavailable",
+    "ThrottlingException",
     "CapacityError",
     "InsufficientInstanceCapacity",
     "insufficient capacity",
@@ -65,9 +68,14 @@ def wait_with_retries(
     handle: JobHandle,
     wait: Callable[[JobHandle], RunResult],
     resubmit: Callable[[JobHandle, str], JobHandle],
+    pause: Callable[[float], str | None] = lambda seconds: time.sleep(seconds),
 ) -> RunResult:
     """``wait(handle)``; while it failed for an infrastructure reason and ``handle.spec.retries``
-    allows, reopen its run and ``resubmit(handle, job_name)`` after a growing pause."""
+    allows, reopen its run and ``resubmit(handle, job_name)`` after a growing ``pause(seconds)``.
+
+    ``pause`` returns why the run must stop instead (a sweep's stop), else None: the run then
+    ends KILLED with that reason, without sleeping through the rest of its wait.
+    """
     result = wait(handle)
     first_name, attempt = handle.spec.job_name, 1
     while attempt <= handle.spec.retries and is_infrastructure_failure(result):
@@ -77,7 +85,10 @@ def wait_with_retries(
         attempt += 1
         delay = min(MAX_DELAY, FIRST_DELAY * 2 ** (attempt - 2))
         log.warning("%s: %s; attempt %d in %.0fs", spec.job_name, result.reason, attempt, delay)
-        time.sleep(delay)
+        stopped = pause(delay)
+        if stopped is not None:
+            tracker.fail_run(spec.run_id, KILLED, stopped)
+            return replace(result, status=KILLED, reason=stopped)
         tracker.retry_run(spec.run_id, attempt, result.reason)
         handle = resubmit(handle, attempt_name(first_name, attempt))
         result = wait(handle)

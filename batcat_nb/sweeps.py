@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import api
+from . import api, retry
 from .backends import registry
 from .backends.base import JobHandle
 from .errors import BatcatError, UsageError
@@ -227,8 +227,7 @@ class _Sweep:
                     wait(futures)
                     self._fail_parent(parent, str(exc))
                     raise
-        order = {spec.job_name: index for index, spec in enumerate(self.specs)}
-        results.sort(key=lambda r: order[r.job_name])
+        results = [future.result() for future in futures]  # in the sweep's order
         skipped = len(self.specs) - len(todo)
         return self._finish(parent, results, skipped, time.time() - started, interrupted)
 
@@ -248,7 +247,12 @@ class _Sweep:
             return _not_run(spec, f"not run: {self._stop_reason}")
         tags = {TAG_PARENT: parent, TAG_SWEEP_KEY: _key(spec.recorded_parameters)}
         handle = api.start(self.backend, self.tracker, spec, tags)
-        return follow(handle, self._stop, lambda: self._stop_reason)
+        return retry.wait_with_retries(
+            handle,
+            lambda h: follow(h, self._stop, lambda: self._stop_reason),
+            lambda h, name: api.resubmit(h, name, self.backend),
+            lambda seconds: self._stop_reason if self._stop.wait(seconds) else None,
+        )
 
     def _parent_run(self, experiment_id: str) -> str:
         found = self.tracker.find_run(experiment_id, TAG_SWEEP_ID, self.sweep_id)

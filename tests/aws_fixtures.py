@@ -17,6 +17,8 @@ Every client points at the moto server: dummy credentials, ``AWS_ENDPOINT_URL``,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import http.client
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -47,6 +50,7 @@ __all__ = [
     "bucket",
     "ecr_image",
     "fake_sagemaker",
+    "faulty_sagemaker",
     "local_registry",
     "moto_server",
     "options",
@@ -382,7 +386,12 @@ def fake_sagemaker(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
     create, stop = SageMakerResponse.create_processing_job, SageMakerResponse.stop_processing_job
 
     def create_processing_job(self: Any) -> Any:
+        from moto.sagemaker.exceptions import ResourceInUseException
+
         request = json.loads(self.body)
+        name = request["ProcessingJobName"]
+        if name in fake.requests:  # SageMaker refuses a name twice; moto would overwrite the job
+            raise ResourceInUseException(message=f"a processing job named {name} already exists")
         answer = create(self)
         fake.created(request)
         return answer
@@ -408,6 +417,104 @@ def fake_sagemaker(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
     for event in fake._stops.values():
         event.set()
     fake.wait_all(60)
+
+
+# ---------------------------------------------------------------------------------------------
+# SageMaker failing on its side: what moto cannot produce on demand
+
+
+@dataclasses.dataclass
+class _Fault:
+    times: int
+    code: str
+    status: int
+    after_forwarding: bool  # the call still reaches moto: AWS acted, then answered the error
+
+
+class FaultySageMaker:
+    """A loopback HTTP proxy in front of moto for the SageMaker API that answers chosen calls
+    with a server error (500 InternalServerError unless told), as AWS does now and then: real
+    HTTP, botocore's own retries."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.calls: list[str] = []  # every operation, in order
+        self.failed: list[str] = []  # the operations answered with an error
+        self._faults: dict[str, _Fault] = {}
+        self._lock = threading.Lock()
+
+    def fail(
+        self,
+        operation: str,
+        times: int,
+        *,
+        error: tuple[str, int] = ("InternalServerError", 500),
+        after_forwarding: bool = False,
+    ) -> None:
+        """Answer the next ``times`` calls of ``operation`` (CreateProcessingJob...) with ``error``."""
+        self._faults[operation] = _Fault(times, *error, after_forwarding)
+
+    def answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        operation = headers.get("X-Amz-Target", "").rpartition(".")[2]
+        with self._lock:
+            self.calls.append(operation)
+            fault = self._faults.get(operation)
+            if fault is not None and fault.times > 0:
+                fault.times -= 1
+                self.failed.append(operation)
+            else:
+                fault = None
+        if fault is None or fault.after_forwarding:
+            answer = self._forward(path, headers, body)
+        if fault is None:
+            return answer
+        return fault.status, json.dumps({"__type": fault.code, "message": f"{fault.code} (test)"}).encode()
+
+    def _forward(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+        try:
+            connection.request("POST", path, body, headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def faulty_sagemaker(
+    fake_sagemaker: FakeSageMaker, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FaultySageMaker]:
+    """SageMaker calls (only they) go through a ``FaultySageMaker``; botocore tries each call
+    twice, so a test needs few failures to exhaust its retries."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from batcat_nb.backends.sagemaker import aws as batcat_aws
+
+    proxy = FaultySageMaker(os.environ["AWS_ENDPOINT_URL"])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, answer = proxy.answer(self.path, dict(self.headers), body)
+            self.send_response(status)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    batcat_aws.reset()
+    yield proxy
+    server.shutdown()
+    server.server_close()
+    batcat_aws.reset()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +16,23 @@ import pytest
 from aws_fixtures import subprocess_runner
 from conftest import run_batcat, write_notebook
 
-from batcat_nb import api
+import batcat_nb
+from batcat_nb import api, retry
+from batcat_nb.cli.options import sweep_from_options
+from batcat_nb.magics import parse_run_line
 from batcat_nb.manifest import CellError
-from batcat_nb.result import RunResult
-from batcat_nb.retry import attempt_name, is_infrastructure_failure
+from batcat_nb.result import INTERRUPTED, RunResult
+from batcat_nb.retry import KERNEL_DIED, attempt_name, is_infrastructure_failure
 from batcat_nb.spec import RunRequest
+from batcat_nb.sweeps import _Sweep
 
 DIE_ONCE = """\
 import os, signal
-marker = os.environ["FLAKY_MARKER"]
-if not os.path.exists(marker):  # the first kernel is killed for real, before any cell
-    open(marker, "w").close()
+try:  # the first kernel is killed for real, before any cell; O_EXCL: only one, even in a sweep
+    os.close(os.open(os.environ["FLAKY_MARKER"], os.O_CREAT | os.O_EXCL))
     os.kill(os.getpid(), signal.SIGKILL)
+except FileExistsError:
+    pass
 from ipykernel import kernelapp
 kernelapp.launch_new_instance()
 """
@@ -118,6 +127,101 @@ def test_a_sagemaker_internal_error_is_submitted_again(
     tags = mlflow_client.get_run(result.run_id).data.tags
     assert tags["batcat.attempt"] == "2"
     assert tags["batcat.attempt.1.reason"].startswith("InternalServerError: ConnectionError: instance lost")
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries inside sweeps
+
+
+def _children(mlflow_client: Any, runs_of: Any, experiment: str) -> list[Any]:
+    return [r for r in runs_of(experiment) if "mlflow.parentRunId" in r.data.tags]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("agent", ["1", "0"])  # the agent's warm workers, or the sweep's own
+def test_a_sweep_child_whose_kernel_died_is_retried_the_others_run_once(
+    project, experiment, mlflow_client, runs_of, flaky_kernel, agent
+):
+    # one worker: the kernel that dies (its first, or the spare it starts for the next job) is
+    # always used by a child; with more, a dead spare might be left unused
+    notebook = write_notebook(project / "nb.ipynb", "x = 1", "print('ran', x)", kernel="flaky")
+    done = run_batcat(
+        "run", str(notebook), "-e", experiment, "--grid", "x=1,2,3", "--retries", "1", "--no-progress",
+        "--max-parallel", "1", env={**flaky_kernel, "BATCAT_AGENT": agent},
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    children = _children(mlflow_client, runs_of, experiment)
+    assert [c.info.status for c in children] == ["FINISHED"] * 3
+    assert sorted(c.data.tags["batcat.attempt"] for c in children) == ["1", "1", "2"]
+    [retried] = [c for c in children if c.data.tags["batcat.attempt"] == "2"]
+    assert retried.data.tags["batcat.attempt.1.reason"].startswith(KERNEL_DIED)
+    assert "3 run, 0 failed" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_sweep_child_whose_notebook_raises_is_not_retried(project, experiment, mlflow_client, runs_of):
+    raises = "if x == 2:\n    raise RuntimeError('InternalServerError, says the notebook')"
+    notebook = write_notebook(project / "nb.ipynb", "x = 1", raises)
+    swept = batcat_nb.sweep(str(notebook), {"x": [1, 2]}, experiment=experiment, retries=2, progress=False)
+
+    [failed] = swept.failures
+    assert failed.parameters["x"] == "2" and failed.error is not None
+    children = _children(mlflow_client, runs_of, experiment)
+    assert sorted((c.data.params["x"], c.info.status, c.data.tags["batcat.attempt"]) for c in children) == [
+        ("1", "FINISHED", "1"),
+        ("2", "FAILED", "1"),
+    ]
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_while_a_child_waits_for_its_next_attempt_kills_it_at_once(
+    project, experiment, mlflow_client, runs_of, flaky_kernel, monkeypatch
+):
+    for name in ("JUPYTER_PATH", "FLAKY_MARKER"):
+        monkeypatch.setenv(name, flaky_kernel[name])
+    monkeypatch.setattr(retry, "FIRST_DELAY", retry.MAX_DELAY)  # a stop must not wait for it
+    notebook = write_notebook(project / "nb.ipynb", "x = 1", "print('ran', x)", kernel="flaky")
+    ctrl_c = _on_log_line("attempt 2 in", lambda: os.kill(os.getpid(), signal.SIGINT))
+
+    with ctrl_c:
+        swept = batcat_nb.sweep(
+            str(notebook), {"x": [1, 2]}, experiment=experiment, retries=1, max_parallel=1, progress=False
+        )
+
+    assert swept.interrupted
+    # the child that met the dead kernel: the first, or the next (it took the worker's spare)
+    [died] = [c for c in _children(mlflow_client, runs_of, experiment) if c.info.status != "FINISHED"]
+    assert died.info.status == "KILLED"
+    assert died.data.tags["batcat.attempt"] == "1"  # no second attempt was started
+    assert died.data.tags["batcat.reason"] == INTERRUPTED
+
+
+def test_the_magic_passes_retries_to_every_sweep_child(project):
+    notebook = write_notebook(project / "nb.ipynb", "x = 1")
+    parsed = parse_run_line(f"{notebook} --grid x=1,2 --retries 2", lambda: None)
+    assert parsed is not None
+
+    sweep = _Sweep(sweep_from_options(parsed[0]))
+
+    assert [spec.retries for spec in sweep.specs] == [2, 2]
+
+
+@contextlib.contextmanager
+def _on_log_line(text: str, action: Callable[[], None]) -> Iterator[None]:
+    """Call ``action`` once batcat logs a line containing ``text``."""
+
+    class Trigger(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if text in record.getMessage():
+                action()
+
+    handler = Trigger(logging.WARNING)
+    logging.getLogger("batcat_nb").addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger("batcat_nb").removeHandler(handler)
 
 
 def _result(status: str, reason: str, error: CellError | None = None) -> RunResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import threading
 import time
@@ -30,6 +31,7 @@ T = TypeVar("T")
 # botocore retries transport errors, throttling and 5xx itself ("standard" mode, with backoff);
 # retry_call() adds a second, slower layer for the few calls a job cannot do without.
 RETRY_CONFIG = {"mode": "standard", "max_attempts": 5}
+_RETRY_ENV = {"mode": "AWS_RETRY_MODE", "max_attempts": "AWS_MAX_ATTEMPTS"}
 THROTTLING_CODES = frozenset(
     {
         "Throttling",
@@ -76,7 +78,9 @@ def client(service: str, region: str | None = None) -> Any:
 def _client(service: str, region: str | None) -> Any:
     from botocore.config import Config
 
-    config = Config(retries=dict(RETRY_CONFIG), user_agent_extra="batcat_nb")
+    # the user's AWS_RETRY_MODE / AWS_MAX_ATTEMPTS, where set, win: botocore reads them itself
+    retries = {k: v for k, v in RETRY_CONFIG.items() if not os.environ.get(_RETRY_ENV[k])}
+    config = Config(retries=retries, user_agent_extra="batcat_nb")
     return _session(region).client(service, config=config)
 
 

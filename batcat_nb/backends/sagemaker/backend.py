@@ -23,7 +23,7 @@ from typing import Any
 
 from ...config import parse_pairs
 from ...contract import check_request, code_files, include_paths, on_loopback, request_tags
-from ...errors import BackendError, ServiceError, UsageError
+from ...errors import BackendError, BatcatError, ServiceError, UsageError
 from ...layout import CODE_CHANNEL, JOB_CHANNEL, NOTEBOOK_CHANNEL
 from ...manifest import FAILED, KILLED, RUNNING
 from ...redact import without_credentials
@@ -36,7 +36,9 @@ from .jobs import (
     STATUS,
     TERMINAL,
     LogFollower,
+    NotCreated,
     console_url,
+    create_job,
     describe_job,
     stop_job,
 )
@@ -322,6 +324,7 @@ class SageMakerHandle(JobHandle):
         self._echo = _echo_stderr if spec.log_output or spec.progress else None
         self._wake = threading.Event()
         self._stop_requested = False
+        self._not_created = ""  # why CreateProcessingJob failed, when it is to be submitted again
         self._inputs, self._outputs = _channels(spec, resolved)
         self._stage()
 
@@ -364,10 +367,12 @@ class SageMakerHandle(JobHandle):
         request = _request(self.spec, self.resolved, tracking)
         try:
             check_request(request)
-            sagemaker = aws.client("sagemaker", self.region)
-            self.job_arn = aws.retry_call(sagemaker.create_processing_job, **request)["ProcessingJobArn"]
+            self.job_arn = create_job(request, self.region)
         except Exception as exc:
-            error = exc if isinstance(exc, UsageError) else aws.translate(exc, f"creating {self.job_name}")
+            error = exc if isinstance(exc, BatcatError) else aws.translate(exc, f"creating {self.job_name}")
+            if isinstance(error, NotCreated) and self.spec.retries:
+                self._not_created = str(error)  # the job ends FAILED: api.wait submits it again
+                return
             self.tracker.fail_run(self.spec.run_id, FAILED, str(error))
             raise error from None
         log.info("submitted %s (%s)", self.job_name, console_url(self.region, self.job_name))
@@ -409,7 +414,7 @@ class SageMakerHandle(JobHandle):
         if self._result is not None:
             return self._result.status
         if self.job_arn is None:
-            return KILLED if self._stop_requested else RUNNING
+            return KILLED if self._stop_requested else FAILED if self._not_created else RUNNING
         return STATUS.get(self.describe().get("ProcessingJobStatus", ""), RUNNING)
 
     def _wait_for_exit(self, timeout: float | None) -> bool:
@@ -489,6 +494,8 @@ class SageMakerHandle(JobHandle):
         stop_job(self.job_name, self.region)
 
     def _exit_reason(self) -> str:
+        if self._not_created:
+            return self._not_created
         description = self.description
         parts = [description.get("FailureReason", ""), description.get("ExitMessage", "")]
         return "; ".join(dict.fromkeys(p.strip() for p in parts if p and p.strip()))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ...errors import UsageError
+from ...errors import BatcatError, ServiceError, UsageError
 from ...manifest import FAILED, FINISHED, KILLED, RUNNING
 from . import aws
 
@@ -52,6 +52,34 @@ def describe_job(job_name: str, region: str | None = None) -> dict[str, Any]:
                 f"no processing job named {job_name!r}; `batcat list` shows the recent ones"
             ) from None
         raise aws.translate(exc, f"describing {job_name}") from exc
+
+
+class NotCreated(ServiceError):
+    """CreateProcessingJob failed on AWS's side and no job of that name exists: submitting it
+    again cannot make a second job."""
+
+
+def create_job(request: dict[str, Any], region: str) -> str:
+    """Create the processing job (botocore retries the call itself) and return its ARN.
+
+    A failed call may still have created the job: a 500 can come after SageMaker acted, and
+    botocore's retry of it is then refused as a name in use. So after any failure the job is
+    looked up, and a job found is the one: never a second. NotCreated: AWS failed, no job exists.
+    """
+    name = request["ProcessingJobName"]
+    try:
+        return str(aws.client("sagemaker", region).create_processing_job(**request)["ProcessingJobArn"])
+    except Exception as exc:
+        failure = exc
+    try:
+        arn = describe_job(name, region)["ProcessingJobArn"]
+    except UsageError:  # no such job: the failure is the answer
+        error = aws.translate(failure, f"creating {name}")
+        raise (NotCreated(str(error)) if isinstance(error, ServiceError) else error) from None
+    except BatcatError:  # cannot tell: submitting it again might make a second job
+        raise aws.translate(failure, f"creating {name} (it may exist: see `batcat status {name}`)") from None
+    log.info("%s: %s, yet the job was created; following it", name, aws.reason(failure))
+    return str(arn)
 
 
 def stop_job(job_name: str, region: str | None = None) -> bool:

@@ -3,55 +3,16 @@
 
 from __future__ import annotations
 
-import http.server
-import os
-import subprocess
-import threading
-from collections.abc import Iterator
-
-import pytest
-from conftest import BATCAT
+from conftest import run_batcat
 
 
-class _Unavailable(http.server.BaseHTTPRequestHandler):
-    """An AWS endpoint that answers every request 503 ServiceUnavailable, as AWS does when down."""
+def test_aws_failing_on_its_side_exits_1_with_a_try_again_hint(faulty_sagemaker, tmp_path):
+    faulty_sagemaker.fail("ListProcessingJobs", 99, error=("ServiceUnavailable", 503))
 
-    def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = b'{"__type": "ServiceUnavailable", "message": "Service is unavailable"}'
-        self.send_response(503)
-        self.send_header("Content-Type", "application/x-amz-json-1.1")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    done = run_batcat("list", "--region", "us-east-1", cwd=tmp_path)
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def unavailable_aws() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_aws_failing_on_its_side_exits_1_with_a_try_again_hint(unavailable_aws, tmp_path):
-    env = {
-        **os.environ,
-        "AWS_ENDPOINT_URL": unavailable_aws,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    env.pop("AWS_PROFILE", None)
-    done = subprocess.run(
-        [BATCAT, "list", "--region", "us-east-1"], env=env, cwd=tmp_path, capture_output=True, text=True
-    )
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1, done.stderr
     assert len(lines) == 1 and lines[0].startswith("batcat: error: listing processing jobs")
     assert "ServiceUnavailable" in lines[0] and "try again" in lines[0]
+    assert faulty_sagemaker.failed == ["ListProcessingJobs"] * 2  # botocore's attempts, no more
