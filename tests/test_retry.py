@@ -197,6 +197,40 @@ def test_a_sweep_stopped_while_a_child_waits_for_its_next_attempt_kills_it_at_on
     assert died.data.tags["batcat.reason"] == INTERRUPTED
 
 
+@pytest.mark.slow
+def test_a_workflow_step_whose_kernel_died_is_retried_and_its_dependent_runs(
+    project, experiment, mlflow_client, runs_of, flaky_kernel
+):
+    write_notebook(
+        project / "flaky.ipynb", 'out_dir = "out"', "open(f'{out_dir}/n.txt', 'w').write('5')", kernel="flaky"
+    )
+    write_notebook(project / "after.ipynb", 'n_dir = "n"', "print('read', open(f'{n_dir}/n.txt').read())")
+    (project / "wf.yaml").write_text(
+        "steps:\n"
+        "  first: {notebook: flaky.ipynb, outputs: [out], retries: 1}\n"
+        "  second: {notebook: after.ipynb, inputs: {n: first.out}}\n"
+    )
+    done = run_batcat(
+        "workflow",
+        "run",
+        str(project / "wf.yaml"),
+        "--experiment",
+        experiment,
+        "--no-progress",
+        env=flaky_kernel,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = {
+        r.data.tags["batcat.workflow.step"]: r
+        for r in runs_of(experiment)
+        if "batcat.workflow.step" in r.data.tags
+    }
+    assert steps["first"].info.status == "FINISHED" and steps["first"].data.tags["batcat.attempt"] == "2"
+    assert steps["first"].data.tags["batcat.attempt.1.reason"].startswith(KERNEL_DIED)
+    assert steps["second"].info.status == "FINISHED"  # it waited for the attempt that finished
+
+
 def test_the_magic_passes_retries_to_every_sweep_child(project):
     notebook = write_notebook(project / "nb.ipynb", "x = 1")
     parsed = parse_run_line(f"{notebook} --grid x=1,2 --retries 2", lambda: None)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .. import api
+from .. import api, retry
 from ..backends import option_keys, registry
+from ..backends.base import JobHandle
 from ..config import CoreConfig, resolve
 from ..errors import BatcatError
 from ..manifest import FAILED, FINISHED, KILLED
@@ -168,6 +169,7 @@ class _Execution:
             progress=False,
             tags={**self.base.tags},
             backend_options=options,
+            retries=step.retries or self.base.retries,  # the step's own, else --retries
         )
         spec = api.resolve_spec(request)
         name = job_name(step.name)  # the child run's name starts with the step's
@@ -255,16 +257,30 @@ class _Execution:
                         break
 
     def _run_step(self, name: str, parent: str, ended: Future[str]) -> RunResult:
-        """Run one step; ``ended`` learns its status once its job ends, before its run completes."""
+        """Run one step, again after an infrastructure failure while its ``retries`` allow;
+        ``ended`` learns that it finished as its job ends, before its run completes (its
+        dependents start then), or how it ended once no attempt is left."""
+
+        def attempt(handle: JobHandle) -> RunResult:
+            if watch(handle, self._stop, lambda: INTERRUPTED) == FINISHED:
+                ended.set_result(FINISHED)
+            return handle.wait()
+
+        result: RunResult | None = None
         try:
             spec = self._spec(self.workflow.steps[name], self.folder)
             tags = {TAG_PARENT: parent, TAG_STEP: name, TAG_EXECUTION: self.execution}
             handle = api.start(self.backend, self.tracker, spec, tags)
-            ended.set_result(watch(handle, self._stop, lambda: INTERRUPTED))
-            return handle.wait()
+            result = retry.wait_with_retries(
+                handle,
+                attempt,
+                lambda h, job: api.resubmit(h, job, self.backend),
+                lambda seconds: INTERRUPTED if self._stop.wait(seconds) else None,
+            )
+            return result
         finally:
-            if not ended.done():  # it could not start
-                ended.set_result(FAILED)
+            if not ended.done():  # it failed, or could not start
+                ended.set_result(result.status if result is not None else FAILED)
 
     def _parent_run(self, experiment_id: str) -> tuple[str, set[str]]:
         """The execution's parent run (the last one, reopened, when resuming) and its finished steps."""
