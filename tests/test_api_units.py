@@ -139,7 +139,8 @@ def _run(store: str, run_id: str):
 
 def test_a_request_resolves_to_the_notebooks_and_the_projects_defaults(here, nb, store):
     (here / "data").mkdir()
-    request = RunRequest(nb, parameters={"alpha": 0.1}, inputs={"data": "data"}, outputs={"out": "s3://b/o"})
+    inputs, outputs = {"data": "data", "raw": "s3://b/i"}, {"out": "s3://b/o", "plots": "plots"}
+    request = RunRequest(nb, parameters={"alpha": 0.1}, inputs=inputs, outputs=outputs)
     spec = api.resolve_spec(request)
     assert re.fullmatch(r"nb-\d{8}-\d{6}-[0-9a-f]{6}", spec.job_name)
     assert (spec.notebook, spec.notebook_sha256) == (nb, hashlib.sha256(Path(nb).read_bytes()).hexdigest())
@@ -155,7 +156,8 @@ def test_a_request_resolves_to_the_notebooks_and_the_projects_defaults(here, nb,
         "out_dir": "s3://b/o",
         "token": "",
     }
-    assert (spec.inputs, spec.outputs) == ({"data": str(here / "data")}, {"out": "s3://b/o"})
+    assert spec.inputs == {"data": str(here / "data"), "raw": "s3://b/i"}  # local paths made absolute
+    assert spec.outputs == {"out": "s3://b/o", "plots": str(here / "plots")}
     assert spec.output_dir == str(here / "batcat-runs" / spec.job_name)
     assert (spec.tracking_uri, spec.timeout, spec.execution_timeout, spec.retries) == (store, None, None, 0)
     assert (spec.log_output, spec.progress, spec.tags, spec.backend_options) == (False, True, {}, {})
@@ -265,8 +267,10 @@ def test_a_secret_is_recorded_by_its_source_and_never_also_a_parameter(here, nb,
 
 def test_a_parameter_that_looks_like_a_secret_is_warned_about_naming_the_fix(here, caplog):
     notebook = write_notebook(here / "db.ipynb", "db_password = ''\nrows = 1")
+    api._warn_secret_like.cache_clear()  # once per process, which may have warned already
     with caplog.at_level(logging.WARNING, logger="batcat_nb"):
-        api.resolve_spec(RunRequest(str(notebook), parameters={"db_password": "hunter2", "rows": 2}))
+        for _ in range(2):  # a sweep's runs: one warning
+            api.resolve_spec(RunRequest(str(notebook), parameters={"db_password": "hunter2", "rows": 2}))
     assert caplog.messages == [
         "parameter 'db_password' looks like a secret: its value is written into the notebook, its "
         "HTML and the MLflow run; pass it with --secret db_password (its value read from "
@@ -363,7 +367,7 @@ def test_a_run_is_tagged_attempt_one_and_run_waits_for_the_end(here, nb, fake, s
 
 def test_a_backends_own_tracker_creates_the_run_and_completes_ended_jobs(here, nb, fake, store, monkeypatch):
     monkeypatch.setattr(FakeBackend, "tracker", AgentTracker, raising=False)
-    handle = api.submit(RunRequest(nb, backend="fake"))
+    handle = api.submit_spec(api.resolve_spec(RunRequest(nb, backend="fake")))  # a sweep's, a rerun's
     assert type(handle.tracker) is AgentTracker and handle.tracker.uri == store
     assert AgentTracker.reconciled == 1
 

@@ -118,6 +118,7 @@ class _HealthOnly(http.server.ThreadingHTTPServer):
     def __init__(self) -> None:
         self.asked: list[tuple[str, str | None]] = []
         self.api_status = 404
+        self.hang_up = False  # close each connection without an answer
         super().__init__(("127.0.0.1", 0), _Answer)
 
     @property
@@ -129,8 +130,12 @@ class _Answer(http.server.BaseHTTPRequestHandler):
     server: _HealthOnly
 
     def do_GET(self) -> None:
-        self.server.asked.append((self.path, self.headers.get("Authorization")))
-        self.send_response(200 if self.path == "/health" else self.server.api_status)
+        path = self.requestline.split()[1]  # as sent: self.path has '//' made '/'
+        self.server.asked.append((path, self.headers.get("Authorization")))
+        if self.server.hang_up:
+            self.close_connection = True
+            return
+        self.send_response(200 if path == "/health" else self.server.api_status)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -177,6 +182,13 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_naming_the_fix(schem
         "answering ([Errno 111] Connection refused); start it (`mlflow server`) or unset "
         "MLFLOW_TRACKING_URI to use the local SQLite store"
     )
+
+
+def test_a_server_that_hangs_up_is_not_answering_either(health_only):
+    health_only.hang_up = True
+    hung_up = r"is not answering \(Remote end closed connection without response\)"
+    with pytest.raises(TrackingError, match=hung_up):
+        _ = Tracker(f"http://127.0.0.1:{health_only.port}").client
 
 
 def test_a_server_away_for_a_moment_is_asked_again_and_the_warning_masks_its_uri(
