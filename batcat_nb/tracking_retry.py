@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .redact import mask_uri
+
 log = logging.getLogger("batcat_nb")
 
 T = TypeVar("T")
@@ -65,14 +67,20 @@ def retrying(call: Callable[..., T], uri: str) -> Callable[..., T]:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                text, where = mask_uri(str(exc).strip()), mask_uri(uri)  # MLflow's text repeats the URI
+                first = text.splitlines()[0][:200] if text else type(exc).__name__
                 if attempt == tries:
                     log.warning(
-                        "tracking store %s still away after %d attempts, giving up: %s", uri, tries, first
+                        "tracking store %s still away after %d attempts, giving up: %s", where, tries, first
                     )
                     raise
                 log.warning(
-                    "tracking store %s: %s; trying again in %.1fs (%d/%d)", uri, first, delay, attempt, tries
+                    "tracking store %s: %s; trying again in %.1fs (%d/%d)",
+                    where,
+                    first,
+                    delay,
+                    attempt,
+                    tries,
                 )
                 time.sleep(delay * random.uniform(0.8, 1.0))
                 delay = min(8.0, delay * 2)

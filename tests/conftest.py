@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -160,3 +161,28 @@ def output_notebook(stdout: str) -> Path:
 def error_outputs(notebook: Path) -> list[Any]:
     nb = nbformat.read(str(notebook), as_version=4)
     return [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+@pytest.fixture(scope="session")
+def _store_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty SQLite store with MLflow's schema, built once per MLflow version and kept beside
+    pytest's temporary folders: building it takes seconds, a copy milliseconds (and `make mutate`
+    starts one session per mutant)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.getbasetemp().parent / f"mlflow-{mlflow.__version__}-schema.db"
+    if not path.exists():
+        building = path.with_name(f"{path.name}.{os.getpid()}")
+        MlflowClient(f"sqlite:///{building}").search_experiments(max_results=1)
+        building.replace(path)  # whole or absent, whichever session wins
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path, _store_schema: Path) -> str:
+    """A fresh SQLite MLflow store of this test's own, ``tmp_path/store/mlflow.db``."""
+    database = tmp_path / "store" / "mlflow.db"
+    database.parent.mkdir()
+    shutil.copyfile(_store_schema, database)
+    return f"sqlite:///{database}"
