@@ -249,7 +249,14 @@ def subprocess_runner(
             for k in ("PATH", "LANG", "MLFLOW_DISABLE_TELEMETRY", "PYTHONPATH", *platform)
             if k in os.environ
         }  # PYTHONPATH: the code under test; AWS_*: what the platform gives a job (its role, its region)
-        env = {**host, "HOME": str(root), **request.get("Environment", {}), "BATCAT_ML_ROOT": str(root)}
+        image = {"PYTHONUNBUFFERED": "1"}  # as docker/Dockerfile sets it: log lines leave at once
+        env = {
+            **host,
+            **image,
+            "HOME": str(root),
+            **request.get("Environment", {}),
+            "BATCAT_ML_ROOT": str(root),
+        }
         process = subprocess.Popen(
             [sys.executable, "-m", "batcat_nb.worker"],
             stdout=subprocess.PIPE,
