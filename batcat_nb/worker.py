@@ -174,6 +174,7 @@ class Worker:
             kernel=job["kernel"],
         )
         self.masker = Masker()  # the job's secret values, once resolved
+        self.kernel_python: str | None = None  # the kernel's interpreter, once it has started
 
     def run(
         self, kernels: KernelSupply, job_env: Callable[[], dict[str, str]], replace_env: bool = False
@@ -207,7 +208,7 @@ class Worker:
             mask_job(self.masker, manifest, self.output_dir)
             collect_records(manifest, self.output_dir)
             manifest.html = render_html(self.output_dir / manifest.notebook)
-            environment.write(self.output_dir)
+            environment.write(self.output_dir, self.kernel_python)
             manifest.write(self.output_dir)
             if manifest.status != FINISHED:
                 _write_message(self.layout, manifest.reason or manifest.status)
@@ -234,6 +235,7 @@ class Worker:
         self, kernels: KernelSupply, job_env: Callable[[], dict[str, str]], replace_env: bool
     ) -> None:
         km = kernels.take(self.job["kernel"])
+        self.kernel_python = environment.kernel_python(km.kernel_spec.argv)
         try:
             import papermill
 

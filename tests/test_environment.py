@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,43 @@ def test_a_recorded_environment_refuses_every_line_but_a_pin(line):
 def test_a_recorded_environment_without_its_python_line_is_refused():
     with pytest.raises(UsageError, match="does not start with '# python X.Y.Z'"):
         environment.recorded("tabulate==0.8.10\n", "environment.txt of run r1")
+
+
+@pytest.mark.slow
+def test_a_kernel_of_another_interpreter_records_that_interpreters_environment(
+    project, experiment, mlflow_client, tmp_path
+):
+    """A kernelspec that starts another venv's python: its distributions are recorded, not the worker's."""
+    import json
+    import os
+    import site
+    import subprocess
+
+    from conftest import run_batcat, write_notebook
+
+    other = tmp_path / "other-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(other)], check=True)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    packages = other / "lib" / version / "site-packages"
+    (packages / "dev.pth").write_text("\n".join(site.getsitepackages()) + "\n")  # ipykernel from here
+    (packages / "kernel_only_marker-1.0.dist-info").mkdir()
+    kernels = tmp_path / "jupyter" / "kernels" / "other"
+    kernels.mkdir(parents=True)
+    argv = [str(other / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (kernels / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "other", "language": "python"})
+    )
+    notebook = write_notebook(project / "nb.ipynb", None, "import sys; print(sys.prefix)", kernel="other")
+
+    done = run_batcat(
+        "run", str(notebook), "-e", experiment, "--no-progress",
+        env={**os.environ, "JUPYTER_PATH": str(tmp_path / "jupyter")},
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    [run] = mlflow_client.search_runs([mlflow_client.get_experiment_by_name(experiment).experiment_id])
+    recorded = mlflow_client.download_artifacts(run.info.run_id, "environment.txt", str(tmp_path))
+    text = Path(recorded).read_text()
+    assert "kernel-only-marker==1.0" in text.splitlines()  # in the kernel's venv only
+    assert "kernel-only-marker" not in environment.installed()  # not the worker's
+    assert text.startswith(f"# python {sys.version_info.major}.{sys.version_info.minor}.")
