@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .manifest import KILLED
+from .result import interruption
 from .spec import JOB_NAME_MAX
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ def wait_with_retries(
     allows, reopen its run and ``resubmit(handle, job_name)`` after a growing ``pause(seconds)``.
 
     ``pause`` returns why the run must stop instead (a sweep's stop), else None: the run then
-    ends KILLED with that reason, without sleeping through the rest of its wait.
+    ends KILLED with that reason, without sleeping through the rest of its wait; so does an
+    interruption of the launcher (Ctrl-C, SIGTERM) while it waits.
     """
     result = wait(handle)
     first_name, attempt = handle.spec.job_name, 1
@@ -84,8 +86,11 @@ def wait_with_retries(
             break
         attempt += 1
         delay = min(MAX_DELAY, FIRST_DELAY * 2 ** (attempt - 2))
-        log.warning("%s: %s; attempt %d in %.0fs", spec.job_name, result.reason, attempt, delay)
-        stopped = pause(delay)
+        try:
+            log.warning("%s: %s; attempt %d in %.0fs", spec.job_name, result.reason, attempt, delay)
+            stopped = pause(delay)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM between attempts: no next one
+            stopped = interruption(exc)
         if stopped is not None:
             tracker.fail_run(spec.run_id, KILLED, stopped)
             return replace(result, status=KILLED, reason=stopped)

@@ -231,6 +231,27 @@ def test_a_workflow_step_whose_kernel_died_is_retried_and_its_dependent_runs(
     assert steps["second"].info.status == "FINISHED"  # it waited for the attempt that finished
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_a_run_waits_for_its_next_attempt_ends_it_killed_at_once(
+    project, experiment, mlflow_client, runs_of, flaky_kernel, monkeypatch
+):
+    for name in ("JUPYTER_PATH", "FLAKY_MARKER"):
+        monkeypatch.setenv(name, flaky_kernel[name])
+    monkeypatch.setattr(retry, "FIRST_DELAY", retry.MAX_DELAY)  # Ctrl-C must not wait for it
+    notebook = write_notebook(project / "nb.ipynb", "x = 1", "print('ran', x)", kernel="flaky")
+
+    try:
+        with _on_log_line("attempt 2 in", lambda: os.kill(os.getpid(), signal.SIGINT)):
+            result = batcat_nb.run(str(notebook), experiment=experiment, retries=1, progress=False)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C between attempts escaped batcat_nb.run instead of ending the run KILLED")
+
+    assert (result.status, result.reason) == ("KILLED", INTERRUPTED)
+    [run] = runs_of(experiment)
+    assert run.info.status == "KILLED" and run.data.tags["batcat.reason"] == INTERRUPTED
+    assert run.data.tags["batcat.attempt"] == "1"  # no second attempt was started
+
+
 def test_the_magic_passes_retries_to_every_sweep_child(project):
     notebook = write_notebook(project / "nb.ipynb", "x = 1")
     parsed = parse_run_line(f"{notebook} --grid x=1,2 --retries 2", lambda: None)
