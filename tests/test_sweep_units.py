@@ -328,7 +328,8 @@ def test_children_run_under_a_parent_that_records_the_best(fake, project, experi
     assert done.ok and [r.parameters["x"] for r in done.results] == ["1", "2", "3"]  # best first
     assert done.best is done.results[0] and done.skipped == 0 and done.objective == "score"
     combinations = [{"x": 3}, {"x": 1}, {"x": 2}]
-    assert done.name == f"nb-sweep-{sweeps._sweep_id(str(project / 'nb.ipynb'), {'mode': 'ok'}, combinations)}"
+    sweep_id = sweeps._sweep_id(str(project / "nb.ipynb"), {"mode": "ok"}, combinations)
+    assert done.name == f"nb-sweep-{sweep_id}"
     parent = mlflow_client.get_run(done.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.info.run_name == done.name
     assert parent.data.metrics == {"best.score": 1.0}
