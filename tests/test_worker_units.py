@@ -245,6 +245,15 @@ def test_a_job_description_that_cannot_be_read_is_the_message(tmp_path, monkeypa
     )
 
 
+def test_the_command_line_names_itself_and_its_one_option(capsys):
+    with pytest.raises(SystemExit) as done:
+        worker.main(["--help"])
+    assert done.value.code == 0
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: python -m batcat_nb.worker [-h] [--serve]\n")
+    assert "--serve     run jobs read from stdin\n" in usage and "execute the job laid out under" in usage
+
+
 # --------------------------------------------------------------------------- a job without a kernel
 
 
@@ -315,22 +324,37 @@ def test_without_a_timeout_no_timer_is_set(tmp_path, signals_restored):
 
 # --------------------------------------------------------------------------- jobs in real kernels
 
+# mutmut credits a module-scoped fixture's work to the first test that uses it, and runs only
+# that test for a mutant there: each kernel run below therefore has exactly one test.
+
 PARAMETERS = "x = 1\nresults_dir = ''\ntoken = ''"
-SEEN = """import json, os, batcat_nb
+SEEN = """import json, os, signal, batcat_nb
+os.kill(os.getppid(), signal.SIGTERM)  # a late signal for an earlier job: this one goes on
 batcat_nb.record('score', x * 10)
+print('token is', token)
 seen = {'cwd': os.getcwd(), 'env': dict(os.environ), 'x': x, 'results_dir': results_dir}
-json.dump(seen, open(os.path.join(results_dir, 'seen.json'), 'w'))
-print('token is', token)"""
+json.dump(seen, open(os.path.join(results_dir, 'seen.json'), 'w'))"""
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """Three jobs through one ``serve()`` (what sweeps and the agent use), in this process:
-    one that finishes, one whose third cell fails with a long message, one stopped at once."""
-    base = tmp_path_factory.mktemp("served")
+def serve(requests: list[dict[str, Any]], replies: Path) -> int:
+    """``python -m batcat_nb.worker --serve`` in this process, its stdin and stdout files."""
+    saved = (sys.stdin, sys.stdout, sys.stderr, signal.getsignal(signal.SIGTERM))
+    with open(replies, "w") as answers, open(replies.with_name("stray"), "w") as stray:
+        sys.stdin = io.StringIO("".join(json.dumps(r) + "\n" for r in requests))
+        sys.stdout, sys.stderr = answers, stray
+        try:
+            return worker.serve()
+        finally:
+            sys.stdin, sys.stdout, sys.stderr = saved[:3]
+            signal.signal(signal.SIGTERM, saved[3])
+
+
+def test_serve_runs_each_job_in_its_own_kernel_and_answers_on_its_own_line(tmp_path):
+    """Three jobs through one ``serve()`` (what sweeps and the agent use): one that finishes,
+    one whose third cell fails with a long message, one stopped before it starts."""
     ok = lay_out(
-        base / "ok",
-        write_notebook(base / "nb.ipynb", PARAMETERS, SEEN),
+        tmp_path / "ok",
+        write_notebook(tmp_path / "nb.ipynb", PARAMETERS, SEEN),
         parameters={"x": 3},
         channel_parameters={"results_dir": "output/results"},
         secrets={"token": "env:TOKEN"},
@@ -339,12 +363,12 @@ def served(tmp_path_factory):
     )
     ok.output("results").mkdir(parents=True)
     long = "x" + "é" * MESSAGE_LIMIT  # an odd prefix: the cut falls inside a character
-    failing = new_notebook(
-        cells=[new_code_cell("a = 1"), new_code_cell("b = 2"), new_code_cell(f"raise ValueError({long!r})")]
-    )
-    bad = lay_out(base / "bad", None, notebook="text.py", notebook_content=failing)
-    stopped = lay_out(base / "stopped", write_notebook(base / "nb.ipynb", None, "1"))
+    cells = ["a = 1", "b = 2", f"raise ValueError({long!r})"]
+    failing = new_notebook(cells=[new_code_cell(c) for c in cells])
+    bad = lay_out(tmp_path / "bad", None, notebook="text.py", notebook_content=failing)
+    stopped = lay_out(tmp_path / "stopped", write_notebook(tmp_path / "nb.ipynb", None, "1"))
     stopped.stop_file.touch()
+    stopped.output("notebook").mkdir(parents=True)  # left by an earlier attempt
     requests = [
         {
             "root": str(ok.root),
@@ -354,41 +378,16 @@ def served(tmp_path_factory):
         {"root": str(bad.root)},
         {"root": str(stopped.root)},
     ]
-    saved = (sys.stdin, sys.stdout, sys.stderr, signal.getsignal(signal.SIGTERM))
-    with open(base / "replies", "w") as replies, open(base / "stray", "w") as stray:
-        sys.stdin, sys.stdout, sys.stderr = (
-            io.StringIO("".join(json.dumps(r) + "\n" for r in requests)),
-            replies,
-            stray,
-        )
-        try:
-            code = worker.serve()
-        finally:
-            sys.stdin, sys.stdout, sys.stderr = saved[:3]
-            signal.signal(signal.SIGTERM, saved[3])
-    replied = [json.loads(line) for line in (base / "replies").read_text().splitlines()]
-    return {
-        "code": code,
-        "replies": replied,
-        "ok": ok,
-        "bad": bad,
-        "stopped": stopped,
-        "long": long,
-        "failing": failing,
-    }
+    assert serve(requests, tmp_path / "replies") == 0
+    replies = [json.loads(line) for line in (tmp_path / "replies").read_text().splitlines()]
+    assert replies == [{"root": r["root"], "exit": code} for r, code in zip(requests, [0, 1, 1], strict=True)]
+    check_finished(ok)
+    check_failed(bad, long)
+    check_stopped(stopped)
 
 
-def test_serve_answers_each_job_on_its_own_line(served):
-    assert served["code"] == 0
-    assert served["replies"] == [
-        {"root": str(served["ok"].root), "exit": 0},
-        {"root": str(served["bad"].root), "exit": 1},
-        {"root": str(served["stopped"].root), "exit": 1},
-    ]
-
-
-def test_a_served_job_gets_its_parameters_channels_directory_and_only_its_environment(served):
-    ok = served["ok"]
+def check_finished(ok: JobLayout) -> None:
+    """Its parameters, channels, directory and only its own environment; the secret masked."""
     out = ok.output("notebook")
     manifest = Manifest.read(out)
     assert (manifest.status, manifest.reason, manifest.error) == (FINISHED, "", None)
@@ -409,16 +408,16 @@ def test_a_served_job_gets_its_parameters_channels_directory_and_only_its_enviro
     assert not ok.message_file.exists()
 
 
-def test_a_failing_cell_is_named_by_its_index_and_its_message_cut_to_the_limit(served):
-    bad = served["bad"]
+def check_failed(bad: JobLayout, long: str) -> None:
+    """The failing cell's index, its message cut to the limit, the notebook from job.json."""
     out = bad.output("notebook")
     manifest = Manifest.read(out)
     assert manifest.notebook == "text.ipynb"  # the notebook given in job.json, stored as .ipynb
-    assert manifest.status == FAILED and manifest.error == CellError(2, "ValueError", served["long"])
-    assert manifest.reason == f"cell 2: ValueError: {served['long']}"
-    cells = nbformat.read(out / "text.ipynb", as_version=4).cells  # papermill's banner comes first
-    failed = [c.source for c in cells if any(o["output_type"] == "error" for o in c.get("outputs", []))]
-    assert failed == [served["failing"].cells[2].source]  # the index counts the notebook's cells
+    assert manifest.status == FAILED and manifest.error == CellError(2, "ValueError", long)
+    assert manifest.reason == f"cell 2: ValueError: {long}"
+    executed = nbformat.read(out / "text.ipynb", as_version=4).cells  # papermill's banner first
+    failed = [c.source for c in executed if any(o["output_type"] == "error" for o in c.get("outputs", []))]
+    assert failed == [f"raise ValueError({long!r})"]  # the index counts the notebook's cells
     message = bad.message_file.read_text()
     assert message == manifest.reason.encode()[:MESSAGE_LIMIT].decode(errors="ignore")
     assert len(message.encode()) == MESSAGE_LIMIT - 1  # the cut fell inside an 'é'
@@ -426,11 +425,29 @@ def test_a_failing_cell_is_named_by_its_index_and_its_message_cut_to_the_limit(s
     assert (out / worker.JOB_LOG_NAME).read_text() == ""  # no --log-output: nothing is printed
 
 
-def test_a_served_job_stopped_before_it_starts_takes_no_kernel(served):
-    stopped = served["stopped"]
+def check_stopped(stopped: JobLayout) -> None:
     manifest = Manifest.read(stopped.output("notebook"))
     assert (manifest.status, manifest.reason) == (KILLED, "stopped before it started")
     assert stopped.message_file.read_text() == "stopped before it started"
+
+
+def test_kernels_are_started_ahead_and_each_used_once():
+    supply = worker.KernelSupply(keep_spare=True)
+    supply.prepare("python3")
+    prepared = supply._spare
+    supply.prepare("python3")  # already there: not another
+    assert supply._spare is prepared
+    taken = supply.take("python3")
+    spare = supply._spare
+    try:
+        assert taken is prepared and spare is not None and spare is not taken
+        assert spare.kernel_name == "python3" and spare.is_alive
+    finally:
+        worker._shutdown_kernel(taken)
+        supply.close()
+    assert supply._spare is None and not spare.has_kernel
+    assert not Path(spare.ip).parent.exists()  # its private socket directory is gone
+    supply.close()  # twice is fine
 
 
 @pytest.fixture(scope="module")
