@@ -132,12 +132,14 @@ def test_annotations_name_the_type_and_whether_none_is_allowed():
 
 
 def test_defaults_that_are_not_literals_have_no_type_and_the_last_assignment_wins():
-    source = "a = f()\nb = [1, 2]\nc = 'x'\nc = 2\nd = 1e400 * 0 if False else 1\n"
+    source = "a = f()\nb = [1, 2]\nc = 'x'\nc = 2\nd = 1e400 * 0 if False else 1\ne = {1}\nf = {[1]: 2}\n"
     assert [(p.name, p.type_name, p.default) for p in parse_parameters(source)] == [
         ("a", "", "f()"),
         ("b", "list", "[1, 2]"),
         ("c", "int", "2"),
         ("d", "", "1e400 * 0 if False else 1"),
+        ("e", "", "{1}"),  # a set: no type a value given with -p can have
+        ("f", "", "{[1]: 2}"),  # literal_eval raises TypeError
     ]
     assert parse_parameters("x.y = 1\nz[0] = 2\nw = 1  #\n") == [Parameter("w", "int", "1")]
 

@@ -8,6 +8,7 @@ notebook (the sweep's logic is the point here; tests/test_sweep.py runs real one
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -181,9 +182,8 @@ def test_the_summary_shows_what_varies_the_metrics_and_why_runs_failed():
         "<p>sweep nb-sweep-1: 3 run, 2 failed, 2 already finished, 3.0s (parent run parent)</p>"
     )
     assert "<tr><th>status</th><th>x</th><th>other</th><th>score</th><th>run</th><th>reason</th></tr>" in html
-    assert (
-        "<tr><td>FAILED</td><td>22</td><td></td><td></td><td>run-b</td><td>cell 1: E: bad</td></tr>" in html
-    )
+    failed = "<td>FAILED</td><td>22</td><td></td><td></td><td>run-b</td><td>cell 1: E: bad</td>"
+    assert f"</td></tr><tr>{failed}</tr><tr><td>KILLED" in html  # one row after another
     assert html.endswith("</table>")
 
 
@@ -300,7 +300,7 @@ def fake(project, monkeypatch) -> type[FakeBackend]:
 
 
 def sweep(
-    project: Path, experiment: str, combinations: list[dict[str, Any]], **kwargs: Any
+    project: Path, experiment: str, combinations: list[dict[str, Any]], progress: bool = False, **kwargs: Any
 ) -> sweeps.SweepResult:
     nb = project / "nb.ipynb"
     if not nb.exists():
@@ -310,7 +310,7 @@ def sweep(
         parameters={"mode": "ok"},
         backend="fake",
         experiment=experiment,
-        progress=False,
+        progress=progress,
         tags={"team": "t"},
     )
     return sweeps.run_sweep(sweeps.SweepRequest(base, combinations, **kwargs))
@@ -367,11 +367,20 @@ def test_maximize_puts_the_highest_first(fake, project, experiment):
 def test_without_an_objective_runs_keep_their_order_and_nothing_is_best(
     fake, project, experiment, mlflow_client
 ):
-    done = sweep(project, experiment, [{"x": 3}, {"x": 1}], objective="nothing-records-this")
-    assert [r.parameters["x"] for r in done.results] == ["3", "1"] and done.best is None
+    done = sweep(project, experiment, [{"x": 3}, {"x": 1}, {"x": 2}], objective="nothing-records-this")
+    assert [r.parameters["x"] for r in done.results] == ["3", "1", "2"] and done.best is None
     parent = mlflow_client.get_run(done.parent_run_id)
     assert parent.data.metrics == {} and "batcat.sweep.best_run_id" not in parent.data.tags
-    assert [c for c in fake.calls if c[0] == "concurrent"][0][1] == 2  # at most one per combination
+    [concurrent] = [c for c in fake.calls if c[0] == "concurrent"]
+    assert concurrent[1] == min(os.cpu_count() or 1, 3)  # no more than the cores
+
+
+def test_the_sweep_shows_one_bar_counting_runs_and_failures(fake, project, experiment, capsys):
+    fake.hanging.set()
+    done = sweep(project, experiment, [{"mode": "fail"}, {"x": 1}], progress=True, max_parallel=1)
+    bar = capsys.readouterr().err
+    assert f"{done.name}: 100%" in bar and "| 2/2 [" in bar and "run/s, failed=1]" in bar
+    assert all(r.status in (FAILED, FINISHED) for r in done.results)
 
 
 def test_running_it_again_resumes_and_rerun_runs_everything(fake, project, experiment, mlflow_client):
