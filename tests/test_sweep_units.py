@@ -204,7 +204,14 @@ def test_an_empty_sweep_says_so_and_an_interrupted_one_is_interrupted():
 def test_a_parameter_varies_when_runs_differ_in_it():
     runs = [result("a", parameters={"x": "1", "y": "1"}), result("b", parameters={"x": "2", "y": "1"})]
     assert sweeps._varies(runs, "x") and not sweeps._varies(runs, "y")
-    assert sweeps._varies([*runs, result("c", parameters={})], "y")  # missing is a value
+    runs.append(result("c", parameters={}, reason="finished, with a note"))
+    assert sweeps._varies(runs, "y")  # missing is a value
+    rows = sweeps.SweepResult("s", "p", runs).rows()
+    assert [(row["x"], row["y"], row["reason"]) for row in rows] == [
+        ("1", "1", ""),
+        ("2", "1", ""),
+        ("", "", ""),
+    ]
 
 
 # --------------------------------------------------------------------------- sweeps on a fake backend

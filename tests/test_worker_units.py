@@ -254,6 +254,28 @@ def test_the_command_line_names_itself_and_its_one_option(capsys):
     assert "--serve     run jobs read from stdin\n" in usage and "execute the job laid out under" in usage
 
 
+def test_a_kernel_missing_where_the_job_runs_ends_in_its_manifest_not_a_traceback(tmp_path, monkeypatch):
+    """``python -m batcat_nb.worker`` in a container whose image lacks the kernel; the launcher
+    gives the run on stdin (local runs), so the job creates none itself."""
+    uri = fresh_store(tmp_path)
+    layout = lay_out(
+        tmp_path / "ml", write_notebook(tmp_path / "nb.ipynb", None, "1"), kernel="no-such-kernel"
+    )
+    monkeypatch.setenv(ML_ROOT_ENV, str(layout.root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv(worker.TRACKING_FROM_STDIN_ENV, "1")
+    monkeypatch.delenv(RUN_AS_ENV, raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"MLFLOW_RUN_ID": "from-the-launcher"}\n'))
+    assert worker.main([]) == 1
+    reason = "kernel 'no-such-kernel' is not installed where the job ran"
+    assert Manifest.read(layout.output("notebook")).reason == reason
+    assert layout.message_file.read_text() == reason
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
 # --------------------------------------------------------------------------- a job without a kernel
 
 
@@ -450,6 +472,11 @@ def test_kernels_are_started_ahead_and_each_used_once():
     supply.close()  # twice is fine
 
 
+MAINED = """import os, batcat_nb
+batcat_nb.record('twice', x * 2)
+open('run-id.txt', 'w').write(os.environ['MLFLOW_RUN_ID'])"""
+
+
 @pytest.fixture(scope="module")
 def mained(tmp_path_factory):
     """``python -m batcat_nb.worker`` in this process: a deployed step's job, which creates and
@@ -457,7 +484,7 @@ def mained(tmp_path_factory):
     base = tmp_path_factory.mktemp("main")
     layout = lay_out(
         base / "ml",
-        write_notebook(base / "nb.ipynb", "x = 1", "import batcat_nb\nbatcat_nb.record('twice', x * 2)"),
+        write_notebook(base / "nb.ipynb", "x = 1", MAINED),
         parameters={"x": 4},
         recorded_parameters={"x": "4"},
     )
@@ -483,4 +510,6 @@ def test_a_job_without_a_launcher_records_its_own_run(mained):
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics == {"twice": 8.0}
     assert run.data.tags["batcat.job_name"] == f"job-{mained['layout'].root.name}"
+    assert (mained["layout"].input(CODE_CHANNEL) / "run-id.txt").read_text() == run.info.run_id  # its env
+    assert "nb.ipynb" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not mained["layout"].message_file.exists()
