@@ -24,7 +24,7 @@ from conftest import write_notebook
 from nbformat.v4 import new_code_cell, new_notebook
 from stores import fresh_store
 
-from batcat_nb import worker
+from batcat_nb import lease, worker
 from batcat_nb.layout import CODE_CHANNEL, MESSAGE_LIMIT, ML_ROOT_ENV, JobLayout
 from batcat_nb.manifest import FAILED, FINISHED, KILLED, RECORDS_NAME, CellError, Manifest
 from batcat_nb.privileges import RUN_AS_ENV
@@ -350,11 +350,20 @@ def test_without_a_timeout_no_timer_is_set(tmp_path, signals_restored):
 # that test for a mutant there: each kernel run below therefore has exactly one test.
 
 PARAMETERS = "x = 1\nresults_dir = ''\ntoken = ''"
-SEEN = """import json, os, signal, batcat_nb
+SEEN = """import fcntl, json, os, signal, sys, batcat_nb
+from ipykernel import get_connection_file
 os.kill(os.getppid(), signal.SIGTERM)  # a late signal for an earlier job: this one goes on
 batcat_nb.record('score', x * 10)
 print('token is', token)
-seen = {'cwd': os.getcwd(), 'env': dict(os.environ), 'x': x, 'results_dir': results_dir}
+print('to stderr', file=sys.stderr)
+try:  # the worker holds the launcher's lease (shared) while the job runs
+    fcntl.flock(open(lease, 'ab'), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    leased = False
+except BlockingIOError:
+    leased = True
+transport = json.load(open(get_connection_file()))['transport']
+seen = {'cwd': os.getcwd(), 'env': dict(os.environ), 'x': x, 'results_dir': results_dir,
+        'leased': leased, 'transport': transport}
 json.dump(seen, open(os.path.join(results_dir, 'seen.json'), 'w'))"""
 
 
@@ -371,41 +380,69 @@ def serve(requests: list[dict[str, Any]], replies: Path) -> int:
             signal.signal(signal.SIGTERM, saved[3])
 
 
-def test_serve_runs_each_job_in_its_own_kernel_and_answers_on_its_own_line(tmp_path):
-    """Three jobs through one ``serve()`` (what sweeps and the agent use): one that finishes,
-    one whose third cell fails with a long message, one stopped before it starts."""
+def test_serve_runs_each_job_in_its_own_kernel_and_answers_on_its_own_line(tmp_path, monkeypatch):
+    """Four jobs through one ``serve()`` (what sweeps and the agent use): one that finishes, one
+    whose last cell fails with a long message holding a secret, one stopped before it starts,
+    one whose cell outlives ``--execution-timeout``."""
+    monkeypatch.chdir(tmp_path)  # nothing may land here
     ok = lay_out(
         tmp_path / "ok",
-        write_notebook(tmp_path / "nb.ipynb", PARAMETERS, SEEN),
-        parameters={"x": 3},
+        write_notebook(tmp_path / "nb.ipynb", PARAMETERS + "\nlease = ''", SEEN),
+        parameters={"x": 3, "lease": str(lease.lease_path(tmp_path / "ok/processing/output/notebook"))},
         channel_parameters={"results_dir": "output/results"},
         secrets={"token": "env:TOKEN"},
         progress="file",
         log_output=True,
     )
     ok.output("results").mkdir(parents=True)
-    long = "x" + "é" * MESSAGE_LIMIT  # an odd prefix: the cut falls inside a character
-    cells = ["a = 1", "b = 2", f"raise ValueError({long!r})"]
+    lease.lease_path(ok.output("notebook")).touch()  # the launcher's
+    long = "xy" + "é" * MESSAGE_LIMIT  # after an odd prefix: the cut falls inside a character
+    cells = ["print('not logged')", "b = 2", f"raise ValueError(token + {long!r})"]
     failing = new_notebook(cells=[new_code_cell(c) for c in cells])
-    bad = lay_out(tmp_path / "bad", None, notebook="text.py", notebook_content=failing)
+    failing.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    bad = lay_out(
+        tmp_path / "bad", None, notebook="text.py", notebook_content=failing, secrets={"token": "env:T"}
+    )
     stopped = lay_out(tmp_path / "stopped", write_notebook(tmp_path / "nb.ipynb", None, "1"))
     stopped.stop_file.touch()
     stopped.output("notebook").mkdir(parents=True)  # left by an earlier attempt
+    slow = lay_out(
+        tmp_path / "slow",
+        write_notebook(tmp_path / "slow.ipynb", None, "import threading\nthreading.Event().wait()"),
+        execution_timeout=1,
+    )
+    description = job_of(slow)
+    del description["progress"]  # a job.json without it: papermill's own bar, in the job's log
+    slow.job_file.write_text(json.dumps(description))
+    secret = {"BATCAT_SECRET_token": "s3cr3t"}
     requests = [
-        {
-            "root": str(ok.root),
-            "env": {"FROM_LAUNCHER": "yes", "BATCAT_SECRET_token": "s3cr3t"},
-            "replace_env": True,
-        },
-        {"root": str(bad.root)},
+        {"root": str(ok.root), "env": {"FROM_LAUNCHER": "yes", **secret}, "replace_env": True},
+        {"root": str(bad.root), "env": secret},
         {"root": str(stopped.root)},
+        {"root": str(slow.root)},
     ]
     assert serve(requests, tmp_path / "replies") == 0
     replies = [json.loads(line) for line in (tmp_path / "replies").read_text().splitlines()]
-    assert replies == [{"root": r["root"], "exit": code} for r, code in zip(requests, [0, 1, 1], strict=True)]
+    assert replies == [
+        {"root": r["root"], "exit": code} for r, code in zip(requests, [0, 1, 1, 1], strict=True)
+    ]
     check_finished(ok)
     check_failed(bad, long)
     check_stopped(stopped)
+    manifest = Manifest.read(slow.output("notebook"))
+    assert (manifest.status, manifest.reason) == (KILLED, "a cell ran longer than 1s (--execution-timeout)")
+    assert "Executing: " in (slow.output("notebook") / worker.JOB_LOG_NAME).read_text()
+    assert not slow.progress_file.exists()
+    assert sorted(os.listdir(tmp_path)) == [
+        "bad",
+        "nb.ipynb",
+        "ok",
+        "replies",
+        "slow",
+        "slow.ipynb",
+        "stopped",
+        "stray",
+    ]
 
 
 def check_finished(ok: JobLayout) -> None:
@@ -425,7 +462,11 @@ def check_finished(ok: JobLayout) -> None:
     assert "token is ***\n" in outputs_of(out / "nb.ipynb")  # the secret's value is masked
     assert "s3cr3t" not in (out / "nb.html").read_text()
     assert ok.progress_file.read_text() == "3 3"  # the launcher draws the bar from it
-    assert "token is ***" in (out / worker.JOB_LOG_NAME).read_text()  # --log-output, to the job log
+    job_log = (out / worker.JOB_LOG_NAME).read_text()
+    assert "token is ***" in job_log and "to stderr" in job_log  # --log-output, to the job log
+    assert "Executing" not in job_log  # the launcher draws the bar: none here
+    assert seen["leased"] and seen["transport"] == "ipc"  # the kernel this worker started, no TCP
+    assert not lease.lease_path(ok.output("results")).exists()
     assert (out / "environment.txt").read_text().startswith("# python ")
     assert not ok.message_file.exists()
 
@@ -435,11 +476,15 @@ def check_failed(bad: JobLayout, long: str) -> None:
     out = bad.output("notebook")
     manifest = Manifest.read(out)
     assert manifest.notebook == "text.ipynb"  # the notebook given in job.json, stored as .ipynb
-    assert manifest.status == FAILED and manifest.error == CellError(2, "ValueError", long)
-    assert manifest.reason == f"cell 2: ValueError: {long}"
+    assert manifest.status == FAILED and manifest.error is not None
+    index = manifest.error.cell_index  # the secret's injected parameters cell comes first
+    assert manifest.error == CellError(index, "ValueError", "***" + long)  # the secret masked
+    assert manifest.reason == f"cell {index}: ValueError: ***{long}"
     executed = nbformat.read(out / "text.ipynb", as_version=4).cells  # papermill's banner first
     failed = [c.source for c in executed if any(o["output_type"] == "error" for o in c.get("outputs", []))]
-    assert failed == [f"raise ValueError({long!r})"]  # the index counts the notebook's cells
+    assert failed == [f"raise ValueError(token + {long!r})"]
+    ran = [c for c in executed if "papermill-error-cell-tag" not in c.metadata.get("tags", [])]
+    assert ran[index].source == failed[0]  # the index counts the cells run, papermill's banners aside
     message = bad.message_file.read_text()
     assert message == manifest.reason.encode()[:MESSAGE_LIMIT].decode(errors="ignore")
     assert len(message.encode()) == MESSAGE_LIMIT - 1  # the cut fell inside an 'é'
@@ -474,7 +519,7 @@ def test_kernels_are_started_ahead_and_each_used_once():
 
 MAINED = """import os, batcat_nb
 batcat_nb.record('twice', x * 2)
-open('run-id.txt', 'w').write(os.environ['MLFLOW_RUN_ID'])"""
+open('run-id.txt', 'w').write(os.environ['MLFLOW_RUN_ID'] + ' ' + os.environ['BATCAT_TEST_INHERITED'])"""
 
 
 @pytest.fixture(scope="module")
@@ -493,6 +538,7 @@ def mained(tmp_path_factory):
         patch.setenv(ML_ROOT_ENV, str(layout.root))
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("MLFLOW_EXPERIMENT_NAME", "worker-main")
+        patch.setenv("BATCAT_TEST_INHERITED", "kept")  # the kernel keeps the worker's environment
         for name in (RUN_AS_ENV, "MLFLOW_RUN_ID", worker.TRACKING_FROM_STDIN_ENV):
             patch.delenv(name, raising=False)
         code = worker.main([])
@@ -510,6 +556,6 @@ def test_a_job_without_a_launcher_records_its_own_run(mained):
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.data.metrics == {"twice": 8.0}
     assert run.data.tags["batcat.job_name"] == f"job-{mained['layout'].root.name}"
-    assert (mained["layout"].input(CODE_CHANNEL) / "run-id.txt").read_text() == run.info.run_id  # its env
+    assert (mained["layout"].input(CODE_CHANNEL) / "run-id.txt").read_text() == f"{run.info.run_id} kept"
     assert "nb.ipynb" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not mained["layout"].message_file.exists()
