@@ -162,7 +162,7 @@ def test_the_executed_notebook_is_rendered_as_html_beside_it(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="batcat_nb.worker"):
         assert worker.render_html(tmp_path / "broken.ipynb") is None
     assert not (tmp_path / "broken.html").exists()
-    assert caplog.records[-1].getMessage().startswith("could not render broken.ipynb as HTML: ")
+    assert caplog.records[-1].getMessage().startswith("could not render broken.ipynb as HTML: Notebook does")
 
 
 def test_the_message_keeps_the_first_kb_and_never_half_a_character(tmp_path, caplog):
@@ -367,6 +367,9 @@ seen = {'cwd': os.getcwd(), 'env': dict(os.environ), 'x': x, 'results_dir': resu
 json.dump(seen, open(os.path.join(results_dir, 'seen.json'), 'w'))"""
 
 
+FLAG = f"import os\nopen('flag.txt', 'w').write(str({worker.TRACKING_FROM_STDIN_ENV!r} in os.environ))"
+
+
 def serve(requests: list[dict[str, Any]], replies: Path) -> int:
     """``python -m batcat_nb.worker --serve`` in this process, its stdin and stdout files."""
     saved = (sys.stdin, sys.stdout, sys.stderr, signal.getsignal(signal.SIGTERM))
@@ -408,7 +411,7 @@ def test_serve_runs_each_job_in_its_own_kernel_and_answers_on_its_own_line(tmp_p
     stopped.output("notebook").mkdir(parents=True)  # left by an earlier attempt
     slow = lay_out(
         tmp_path / "slow",
-        write_notebook(tmp_path / "slow.ipynb", None, "import threading\nthreading.Event().wait()"),
+        write_notebook(tmp_path / "slow.ipynb", None, FLAG, "import threading\nthreading.Event().wait()"),
         execution_timeout=1,
     )
     description = job_of(slow)
@@ -421,6 +424,7 @@ def test_serve_runs_each_job_in_its_own_kernel_and_answers_on_its_own_line(tmp_p
         {"root": str(stopped.root)},
         {"root": str(slow.root)},
     ]
+    monkeypatch.setenv(worker.TRACKING_FROM_STDIN_ENV, "1")  # the worker's, not the kernels'
     assert serve(requests, tmp_path / "replies") == 0
     replies = [json.loads(line) for line in (tmp_path / "replies").read_text().splitlines()]
     assert replies == [
@@ -433,6 +437,7 @@ def test_serve_runs_each_job_in_its_own_kernel_and_answers_on_its_own_line(tmp_p
     assert (manifest.status, manifest.reason) == (KILLED, "a cell ran longer than 1s (--execution-timeout)")
     assert "Executing: " in (slow.output("notebook") / worker.JOB_LOG_NAME).read_text()
     assert not slow.progress_file.exists()
+    assert (slow.input(CODE_CHANNEL) / "flag.txt").read_text() == "False"
     assert sorted(os.listdir(tmp_path)) == [
         "bad",
         "nb.ipynb",
