@@ -118,7 +118,8 @@ def test_a_cell_that_cannot_be_read_at_all_gives_up_naming_the_problem():
 def test_annotations_name_the_type_and_whether_none_is_allowed():
     source = (
         "a: 'int' = 1\nb: Optional[int] = None\nc: int | str = 1\nd: None = None\n"
-        "e: Optional[int | str] = 1\nf: str|None = 'x'\ng: float = 1\n"
+        "e: Optional[int | str] = 1\nf: str|None = 'x'\ng: float = 1\nh: list[int] = []\n"
+        "i: Optional[dict[str, int]] = None\n"
     )
     assert [(p.name, p.type_name, p.optional) for p in parse_parameters(source)] == [
         ("a", "'int'", False),
@@ -128,6 +129,8 @@ def test_annotations_name_the_type_and_whether_none_is_allowed():
         ("e", "Optional[int|str]", True),
         ("f", "str", True),
         ("g", "float", False),
+        ("h", "list[int]", False),  # its closing bracket kept
+        ("i", "dict[str,int]", True),
     ]
 
 
