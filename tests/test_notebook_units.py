@@ -136,31 +136,36 @@ def test_annotations_name_the_type_and_whether_none_is_allowed():
 
 def test_defaults_that_are_not_literals_have_no_type_and_the_last_assignment_wins():
     source = "a = f()\nb = [1, 2]\nc = 'x'\nc = 2\nd = 1e400 * 0 if False else 1\ne = {1}\nf = {[1]: 2}\n"
-    assert [(p.name, p.type_name, p.default) for p in parse_parameters(source)] == [
-        ("a", "", "f()"),
-        ("b", "list", "[1, 2]"),
-        ("c", "int", "2"),
-        ("d", "", "1e400 * 0 if False else 1"),
-        ("e", "", "{1}"),  # a set: no type a value given with -p can have
-        ("f", "", "{[1]: 2}"),  # literal_eval raises TypeError
+    assert [(p.name, p.type_name, p.default, p.optional) for p in parse_parameters(source)] == [
+        ("a", "", "f()", False),
+        ("b", "list", "[1, 2]", False),
+        ("c", "int", "2", False),
+        ("d", "", "1e400 * 0 if False else 1", False),
+        ("e", "", "{1}", False),  # a set: no type a value given with -p can have
+        ("f", "", "{[1]: 2}", False),  # literal_eval raises TypeError
     ]
     assert parse_parameters("x.y = 1\nz[0] = 2\nw = 1  #\n") == [Parameter("w", "int", "1")]
 
 
 def test_help_comes_from_the_line_itself_else_the_comment_line_above():
-    source = "# first\na = 1\nb = 2\n   #   indented   \nc = 3  # own\n# above\n\nd = 4\n"
+    source = (
+        "# Xs first\na = 1\nb = 2\n   #   indented   \nc = 3  # X own\n# above\n\nd = 4\n"
+        "e = [\n  1,\n]  # last line\n"
+    )
     assert [(p.name, p.help) for p in parse_parameters(source)] == [
-        ("a", "first"),
+        ("a", "Xs first"),
         ("b", ""),
-        ("c", "own"),
+        ("c", "X own"),
         ("d", ""),  # a blank line between: not its help
+        ("e", "last line"),  # a statement over lines: the comment ending it
     ]
+    assert parse_parameters("a = 1\n# not a's: the cell's last line") == [Parameter("a", "int", "1")]
     assert [(p.name, p.help) for p in parse_parameters("#\nx = 1\ny = '#no'\n")] == [("x", ""), ("y", "")]
 
 
 def test_the_parameters_cell_is_found_by_its_tag_whatever_its_source_holds(tmp_path):
     cells = [
-        {"cell_type": "markdown", "metadata": {}, "source": "x"},
+        {"cell_type": "markdown", "source": "x"},  # no metadata at all
         {"cell_type": "code", "metadata": {"tags": ["parameters"]}},
         {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "later = 1"},
     ]
