@@ -493,7 +493,8 @@ def check_failed(bad: JobLayout, long: str) -> None:
     message = bad.message_file.read_text()
     assert message == manifest.reason.encode()[:MESSAGE_LIMIT].decode(errors="ignore")
     assert len(message.encode()) == MESSAGE_LIMIT - 1  # the cut fell inside an 'é'
-    assert not bad.progress_file.exists()  # no launcher bar asked for
+    assert not bad.progress_file.exists()  # no launcher bar asked for: no progress file anywhere
+    assert os.listdir(bad.input(CODE_CHANNEL)) == []  # papermill runs the job from its code directory
     assert (out / worker.JOB_LOG_NAME).read_text() == ""  # no --log-output: nothing is printed
 
 
