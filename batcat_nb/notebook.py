@@ -212,8 +212,9 @@ def read_parameters(source: str) -> tuple[list[Parameter], list[tuple[int, str]]
 def _declared_type(value: ast.expr, annotation: ast.expr | None, source: str) -> tuple[str, bool]:
     if annotation is not None:
         text = (ast.get_source_segment(source, annotation) or "").replace(" ", "")
-        parts = [p for p in text.replace("Optional[", "").rstrip("]").split("|") if p]
-        optional = "None" in parts or text.startswith("Optional[")
+        wrapped = text.startswith("Optional[") and text.endswith("]")
+        parts = [p for p in (text[len("Optional[") : -1] if wrapped else text).split("|") if p]
+        optional = "None" in parts or wrapped
         named = [p for p in parts if p != "None"]
         return (named[0] if len(named) == 1 else text), optional
     try:

@@ -130,8 +130,12 @@ class KernelSupply:
         self._spare: Any = None
 
     def prepare(self, name: str) -> None:
+        """Start the next job's kernel now; a failure (not installed) is met again in the job."""
         if self._spare is None:
-            self._spare = _start_kernel(name)
+            try:
+                self._spare = _start_kernel(name)
+            except Exception as exc:  # take() raises it inside the job, which describes it
+                log.debug("kernel %s not started ahead: %s", name, exc)
 
     def take(self, name: str) -> Any:
         km, self._spare = self._spare, None

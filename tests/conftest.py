@@ -179,10 +179,15 @@ def _store_schema(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def copied_store(schema: Path, directory: Path) -> str:
+    """The URI of a fresh SQLite MLflow store, ``directory/store/mlflow.db``: a copy of ``schema``."""
+    database = directory / "store" / "mlflow.db"
+    database.parent.mkdir()
+    shutil.copyfile(schema, database)
+    return f"sqlite:///{database}"
+
+
 @pytest.fixture
 def store(tmp_path: Path, _store_schema: Path) -> str:
     """A fresh SQLite MLflow store of this test's own, ``tmp_path/store/mlflow.db``."""
-    database = tmp_path / "store" / "mlflow.db"
-    database.parent.mkdir()
-    shutil.copyfile(_store_schema, database)
-    return f"sqlite:///{database}"
+    return copied_store(_store_schema, tmp_path)
