@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -36,6 +37,7 @@ def test_an_installed_wheel_carries_the_runner_image_definition(tmp_path: Path) 
             "from batcat_nb.backends.docker.image import definition_dir; print(definition_dir())",
         ],
         cwd=tmp_path,  # away from the checkout's docker/
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},  # nor a checkout on the path
         capture_output=True,
         text=True,
         check=True,
