@@ -26,9 +26,13 @@ def test_an_installed_wheel_carries_the_runner_image_definition(tmp_path: Path) 
     assert "batcat_nb/py.typed" in names and sources <= set(names), sources - set(names)
 
     venv = tmp_path / "venv"
+    alone = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no checkout on the path
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run(
-        [venv / "bin" / "pip", "install", "-q", "--no-deps", wheel], check=True, capture_output=True
+        [venv / "bin" / "pip", "install", "-q", "--no-deps", wheel],
+        check=True,
+        capture_output=True,
+        env=alone,
     )
     found = subprocess.run(
         [
@@ -37,7 +41,7 @@ def test_an_installed_wheel_carries_the_runner_image_definition(tmp_path: Path) 
             "from batcat_nb.backends.docker.image import definition_dir; print(definition_dir())",
         ],
         cwd=tmp_path,  # away from the checkout's docker/
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},  # nor a checkout on the path
+        env=alone,
         capture_output=True,
         text=True,
         check=True,
