@@ -55,14 +55,20 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_uri: str) -> Path:
-    """A fresh working directory whose runs go to the session's store."""
-    monkeypatch.chdir(tmp_path)
+def work_in(folder: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``folder`` as the working directory, its runs going to ``tracking_uri``, no BATCAT_ setting
+    but the agents' folder inherited from the shell."""
+    monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     for name in [n for n in os.environ if n.startswith("BATCAT_") and n != "BATCAT_AGENT_DIR"]:
         monkeypatch.delenv(name)
-    return tmp_path
+    return folder
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_uri: str) -> Path:
+    """A fresh working directory whose runs go to the session's store."""
+    return work_in(tmp_path, tracking_uri, monkeypatch)
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import free_port, write_notebook
+from conftest import free_port, work_in, write_notebook
 from mlflow.tracking import MlflowClient  # imported once, before `make mutate` forks per mutant
 
 from batcat_nb import api, lease, retry
@@ -117,11 +116,7 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str) -> Path:
     """A project folder of its own (no pyproject.toml), its runs in the test's store."""
     project = tmp_path / "project"
     project.mkdir()
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    for name in [n for n in os.environ if n.startswith("BATCAT_") and n != "BATCAT_AGENT_DIR"]:
-        monkeypatch.delenv(name)
-    return project
+    return work_in(project, store, monkeypatch)
 
 
 @pytest.fixture
