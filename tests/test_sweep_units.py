@@ -416,6 +416,7 @@ def test_fail_fast_runs_nothing_more_after_a_failure(fake, project, experiment, 
     assert done.results[1].reason in (reason, f"not run: {reason}")
     third = done.results[2]
     assert (third.reason, third.run_id, third.backend) == (f"not run: {reason}", None, "fake")
+    assert third.job_name.endswith("-3")  # the summary still names the job that never ran
     assert third.parameters == {"x": "2", "mode": "ok"} and third.tracking_uri == done.results[0].tracking_uri
     assert sorted(k.data.params["mode"] for k in children(mlflow_client, done.parent_run_id)) <= [
         "fail",
