@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .manifest import KILLED
+from .manifest import FAILED, KILLED
 from .result import interruption
 from .spec import JOB_NAME_MAX
 
@@ -76,7 +76,9 @@ def wait_with_retries(
 
     ``pause`` returns why the run must stop instead (a sweep's stop), else None: the run then
     ends KILLED with that reason, without sleeping through the rest of its wait; so does an
-    interruption of the launcher (Ctrl-C, SIGTERM) while it waits.
+    interruption of the launcher (Ctrl-C, SIGTERM) while it waits. A next attempt that cannot
+    be submitted ends the reopened run (FAILED, or KILLED when interrupted) before its error
+    goes on.
     """
     result = wait(handle)
     first_name, attempt = handle.spec.job_name, 1
@@ -95,7 +97,14 @@ def wait_with_retries(
             tracker.fail_run(spec.run_id, KILLED, stopped)
             return replace(result, status=KILLED, reason=stopped)
         tracker.retry_run(spec.run_id, attempt, result.reason)
-        handle = resubmit(handle, attempt_name(first_name, attempt))
+        try:
+            handle = resubmit(handle, attempt_name(first_name, attempt))
+        except BaseException as exc:  # the run was reopened: it must not stay RUNNING
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            why = interruption(exc) if interrupted else f"{type(exc).__name__}: {exc}"
+            status = KILLED if interrupted else FAILED
+            tracker.fail_run(spec.run_id, status, f"attempt {attempt} could not be submitted: {why}")
+            raise
         result = wait(handle)
     return result
 

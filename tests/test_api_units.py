@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient  # imported once, before `make mutate` 
 from batcat_nb import api, lease, retry
 from batcat_nb.backends import BackendRegistry
 from batcat_nb.backends.base import JobHandle
-from batcat_nb.errors import ParameterError, TrackingError, UsageError
+from batcat_nb.errors import BackendError, ParameterError, TrackingError, UsageError
 from batcat_nb.manifest import FAILED, FINISHED, KILLED, RUNNING, Manifest
 from batcat_nb.notebook import load_notebook
 from batcat_nb.result import Stopped
@@ -72,18 +72,22 @@ class FakeHandle(JobHandle):
 
 class FakeBackend:
     """The Backend protocol: each job ends as the next of ``outcomes`` says (FINISHED when none
-    is left); ``jobs`` keeps every handle. Class attributes: the registry makes an instance per
-    lookup, and the ``fake`` fixture resets them per test."""
+    is left); ``jobs`` keeps every handle; ``refusal``, when set, is raised by every submit after
+    the first (an engine gone between two attempts). Class attributes: the registry makes an
+    instance per lookup, and the ``fake`` fixture resets them per test."""
 
     name = "fake"
     outcomes: list[str | BaseException] = []
     jobs: list[FakeHandle] = []
+    refusal: BaseException | None = None
 
     def validate(self, spec: JobSpec) -> None:
         if spec.backend_options.get("gpus"):
             raise UsageError("--gpus: the fake backend has no GPU")
 
     def submit(self, spec: JobSpec) -> FakeHandle:
+        if self.jobs and self.refusal is not None:
+            raise self.refusal
         handle = FakeHandle(spec, self.outcomes.pop(0) if self.outcomes else FINISHED)
         self.jobs.append(handle)
         return handle
@@ -106,6 +110,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeBackend]:
     monkeypatch.setattr(api, "registry", BackendRegistry({"fake": f"{__name__}:FakeBackend"}))
     monkeypatch.setattr(FakeBackend, "outcomes", [])
     monkeypatch.setattr(FakeBackend, "jobs", [])
+    monkeypatch.setattr(FakeBackend, "refusal", None)
     monkeypatch.setattr(AgentTracker, "reconciled", 0)
     monkeypatch.setattr(retry, "FIRST_DELAY", 0.0)  # no pause before a retry
     return FakeBackend
@@ -445,6 +450,22 @@ def test_an_infrastructure_failure_is_submitted_again_under_the_same_run(here, n
     run = _run(store, first.spec.run_id)
     assert (run.info.status, run.data.tags["batcat.attempt"]) == (FINISHED, "2")
     assert run.data.tags["batcat.attempt.1.reason"] == ENGINE_FAILED
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status"), [(BackendError("fake: engine gone"), FAILED), (KeyboardInterrupt(), KILLED)]
+)
+def test_a_next_attempt_that_cannot_be_submitted_never_leaves_the_reopened_run_running(
+    here, nb, fake, store, refusal, status
+):
+    fake.outcomes.append(ENGINE_FAILED)
+    fake.refusal = refusal
+    handle = api.submit(RunRequest(nb, backend="fake", retries=1))
+    with pytest.raises(type(refusal)):
+        api.wait(handle)
+    run = _run(store, handle.spec.run_id)
+    assert (run.info.status, run.data.tags["batcat.attempt"]) == (status, "2")
+    assert run.data.tags["batcat.reason"].startswith("attempt 2 could not be submitted")
 
 
 def test_without_retries_an_infrastructure_failure_ends_the_run(here, nb, fake, store):
